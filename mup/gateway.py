@@ -1,0 +1,67 @@
+"""The SMS gateway interface: what the rest of mup knows of a gateway.
+
+Each gateway (``mup.gateways.kannel``, ``.twilio``, ``.aql``) is one small class that sends an
+SMS and says what happened; what gateways post back to us (inbound SMS, delivery reports) is
+parsed and authenticated in ``mup.gateways.inbound`` into the records below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+__all__ = ["DeliveryReport", "Gateway", "InboundSMS", "SendResult"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a gateway said about one outbound SMS."""
+
+    status: str
+    """``"accepted"`` (on its way), ``"queued"`` (the gateway holds it) or ``"failed"``."""
+    reason: str = ""
+    """For failures: a reason the user can act on."""
+    message_id: str = ""
+    """The gateway's id for the message, to match delivery reports, when it gives one."""
+    segments: int = 1
+
+
+@dataclass(frozen=True)
+class InboundSMS:
+    """An SMS someone sent to the gateway number, as a gateway posted it to us."""
+
+    gateway: str
+    """``"kannel"`` or ``"twilio"``: with ``message_id`` it is the dedupe key."""
+    message_id: str
+    sender: str
+    """The phone number it came from, as the gateway wrote it."""
+    recipient: str
+    text: str
+    received: float
+    """Unix time it reached us (or the gateway, where it says)."""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """A gateway's word on an SMS we sent."""
+
+    gateway: str
+    message_id: str
+    """Matches ``SendResult.message_id`` (or the reference mup put in the dlr-url)."""
+    state: str
+    """``"delivered"``, ``"failed"`` or ``"pending"`` (intermediate states)."""
+    reason: str = ""
+
+
+class Gateway(Protocol):
+    """Sends SMS.  ``send`` never errbacks: failures come back as ``SendResult("failed")``."""
+
+    name: str
+
+    def send(self, number: str, text: str, reference: str = "") -> Deferred[SendResult]:
+        """Send ``text`` to ``number`` (E.164).  ``reference`` is mup's own id for the message,
+        which the gateway echoes in delivery reports where it can."""
+        ...

@@ -1,0 +1,33 @@
+"""The composition root: builds every part of mup from a config, on one reactor.
+
+Data flows one way:  IRC line -> command -> directory/gateway -> reply;
+gateway POST -> journal -> delivery -> IRC.  Only this module knows all the parts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+
+from mup.commands import Commands
+from mup.commands.basic import echo
+from mup.config import Config
+
+__all__ = ["make_service"]
+
+
+def make_service(config: Config, reactor: Any = None) -> MultiService:
+    """The whole bot as one service: IRC client, directory, SMS sender, webhook receiver."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    top = MultiService()
+    commands = Commands([echo()])
+    # Slots: each part adds itself below (directory, gateway, sms, journal, webhook, relay).
+    from mup.irc import IRCService
+
+    irc = IRCService(config, commands, reactor)
+    irc.setServiceParent(top)
+    return top
