@@ -113,7 +113,8 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "(the bot regains `nick` when it frees up).", items=str),
             Key("username", str, "mup", "The user name sent in USER."),
             Key("realname", str, "mup, the IRC/LDAP/SMS bridge", "The real name sent in USER."),
-            Key("password", str, "", "Server password (PASS), if the server needs one.", secret=True),
+            Key("password", str, "", "Server password (PASS), if the server needs one.",
+                secret=True),
             Key("channels", list, [], "Channels to join (and the only ones an INVITE is accepted "
                 "for).", items=str, check=_channel_list),
             Key("prefix", str, "@", "Command prefix: `@poke x`. `mup: poke x`, `mup, poke x` and "
@@ -151,13 +152,15 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "(certificates verified). Empty with `ldif` empty: no directory."),
             Key("ldif", str, "", "Instead of `url`: an LDIF file served as an embedded directory "
                 "(no server needed); relative to the config file."),
-            Key("start_tls", bool, False, "Use StartTLS on an `ldap://` URL (certificate verified)."),
+            Key("start_tls", bool, False,
+                "Use StartTLS on an `ldap://` URL (certificate verified)."),
             Key("ca_certificate", str, "", "PEM file of CA certificates to trust for LDAP TLS "
                 "(default: the system's)."),
             Key("base_dn", str, "ou=people,dc=example,dc=com", "Where people are searched."),
             Key("bind_dn", str, "", "DN to bind as; anonymous when empty."),
             Key("bind_password", str, "", "Password for `bind_dn`.", secret=True),
-            Key("nick_attribute", str, "mozillaNickname", "Attribute holding the person's IRC nick."),
+            Key("nick_attribute", str, "mozillaNickname",
+                "Attribute holding the person's IRC nick."),
             Key("account_attribute", str, "", "Attribute holding the person's services account; "
                 "empty: the same as `nick_attribute`."),
             Key("name_attribute", str, "cn", "Attribute holding the full name."),
@@ -243,7 +246,8 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
             Key("endpoint", str, "", "Twisted server endpoint string, e.g. "
                 "`tcp:port=8080:interface=127.0.0.1` (`ssl:` works too); empty: no receiver.",
                 check=_endpoint),
-            Key("journal", str, "/var/lib/mup/inbound", "Directory of the durable inbound journal."),
+            Key("journal", str, "/var/lib/mup/inbound",
+                "Directory of the durable inbound journal."),
             Key("public_url", str, "", "The receiver's URL as providers see it, for signature "
                 "checks and delivery-report URLs, e.g. `https://mup.example.com`."),
             Key("max_body", int, 65536, "Largest request body accepted, in bytes (413 beyond).",
@@ -259,7 +263,8 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "masked, `drop` drops the message.", choices=("mask", "drop")),
             Key("reply_window", str, "12h", "How long an SMS to a number routes its answer to "
                 "the person who sent it.", check=_duration),
-            Key("hint", bool, True, "After an inbound SMS, say once per conversation how to answer."),
+            Key("hint", bool, True,
+                "After an inbound SMS, say once per conversation how to answer."),
             Key("relay_url", str, "", "Pull inbound SMS from a mup-relay at this URL "
                 "(instead of, or beside, `[webhook]`)."),
             Key("relay_token", str, "", "Bearer token for the relay.", secret=True),
@@ -420,11 +425,16 @@ def parse(data: Mapping[str, Any], path: str = "<config>",
     return config
 
 
+def env_name(section: str, key: str) -> str:
+    """The environment variable that supplies a secret: ``MUP_SMS_KANNEL_PASSWORD``."""
+    return "MUP_" + re.sub(r"[^A-Z0-9]", "_", f"{section}_{key}".upper())
+
+
 def _secret(path: str, section: str, key: Key, table: Mapping[str, Any], value: Any,
             environ: Mapping[str, str], config: Config) -> Any:
-    env_name = "MUP_" + re.sub(r"[^A-Z0-9]", "_", f"{section}_{key.name}".upper())
-    if env_name in environ:
-        return environ[env_name]
+    name = env_name(section, key.name)
+    if name in environ:
+        return environ[name]
     file_key = f"{key.name}_file"
     if file_key in table:
         where = f"{path}: [{section}] {file_key}"

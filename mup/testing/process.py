@@ -121,7 +121,7 @@ class ServerProcess:
                 pass
         self._logfile.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
