@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["ServerProcess", "free_port", "missing_binary", "require_binary"]
+__all__ = ["ServerProcess", "free_port", "missing_binary", "require_binary", "twistd_argv"]
 
 
 class MissingBinary(RuntimeError):
@@ -23,6 +23,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def twistd_argv(*args: str) -> list[str]:
+    """argv that runs ``twistd ARGS`` with this very Python (``python -m twisted`` is ``twist``,
+    a different runner)."""
+    import sys
+
+    return [sys.executable, "-c",
+            "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+            *args]
 
 
 def missing_binary(path: str) -> bool:

@@ -1,0 +1,38 @@
+"""The twistd plugin as an operator runs it: `twistd mup --help`, and a bad config."""
+
+from __future__ import annotations
+
+import subprocess
+
+from mup.testing.process import twistd_argv
+
+
+def twistd(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(twistd_argv(*args), cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_help_explains_options(tmp_path):
+    result = twistd("mup", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
+
+
+def test_listed_among_plugins(tmp_path):
+    result = twistd("--help", cwd=tmp_path)
+    assert "mup" in result.stdout
+
+
+def test_config_error_is_one_clear_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[irc]\nnick = 42\n')
+    result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"{path}: [irc] nick: expected a string, got integer 42" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_config_option(tmp_path):
+    result = twistd("-n", "--pidfile=", "mup", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--config FILE is required" in result.stdout + result.stderr
