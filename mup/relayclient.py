@@ -1,0 +1,283 @@
+"""The bot's side of mup-relay: long-poll the relay, journal what it hands out, acknowledge
+what IRC confirmed.
+
+Pulled messages go into the bot's own journal under the relay's id (the same
+``gateway:message_id`` key the bot's webhook would use), so a message handed out twice — after
+a restart of either side — is appended once and shown once, and they flow through the very same
+delivery pipeline as the webhook's.  The relay is acknowledged only when delivery reports the
+message confirmed by the IRC server (:meth:`RelayPuller.delivered`, wired as the delivery's
+``on_delivered`` hook).  The cursor lives in memory only: after a restart the bot pulls from
+the start and the journal drops what it already has.  See ``docs/relay-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+__all__ = ["RELAY_MARK", "RelayPuller", "make_puller"]
+
+RELAY_MARK = "relay"
+"""Key set (to the relay's id) in ``record["extra"]`` of every message that came through the
+relay: delivery of such an entry is acknowledged to the relay."""
+
+ACK_BATCH = 1000
+
+
+class _RelayTrouble(Exception):
+    """The relay could not be used this time; the message says why, in one line."""
+
+
+class RelayPuller(Service):
+    """Pulls inbound SMS from a mup-relay into the bot's journal and acknowledges them.
+
+    ``journal`` is the bot's :class:`mup.journal.Journal`; ``wake`` is called after new
+    messages were appended (``Delivery.wake``); ``http`` is a treq ``HTTPClient`` (or
+    ``StubTreq``)."""
+
+    log = Logger()
+
+    def __init__(self, url: str, token: str, journal: Any, wake: Callable[[], Any],
+                 reactor: Any, http: Any, *, poll_timeout: float = 30.0, limit: int = 200,
+                 window: int = 2000, min_delay: float = 0.5, max_delay: float = 60.0,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self._base = url.rstrip("/")
+        self._headers = {b"Authorization": [b"Bearer " + token.encode("utf-8")]}
+        self._journal = journal
+        self._wake = wake
+        self._reactor = reactor
+        self._http = http
+        self.poll_timeout = poll_timeout
+        self._limit = limit
+        self._window = window
+        self._min_delay = min_delay
+        self._max_delay = max_delay
+        self._jitter = jitter
+        self.cursor = ""
+        self._in_flight: set[str] = set()
+        """Ids pulled (and journaled) and not yet acknowledged."""
+        self._to_ack: dict[str, None] = {}
+        self._acking: Deferred[None] | None = None
+        self._room: Deferred[None] | None = None
+        self._pulling: Deferred[None] | None = None
+        self._waits: set[Deferred[Any]] = set()
+        self._trouble: str | None = None
+        self._failures = 0
+        self.pulled = 0
+        self.acked = 0
+
+    # -- service ------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pulling = ensureDeferred(self._pull_loop())
+        self._pulling.addErrback(self._crashed, "pull")
+        self._kick_acks()
+
+    def stopService(self) -> None:
+        super().stopService()
+        for d in [self._pulling, self._acking, self._room, *self._waits]:
+            if d is not None and not d.called:
+                d.cancel()
+        return None
+
+    def _crashed(self, failure: Any, what: str) -> None:
+        if not failure.check(CancelledError):
+            self.log.failure("relay: the {what} loop stopped", failure, what=what)
+
+    # -- the delivery hook --------------------------------------------------------------------
+
+    def delivered(self, entry: Any) -> None:
+        """Delivery's ``on_delivered`` hook: the IRC server confirmed ``entry``; if it came
+        through the relay, acknowledge it there."""
+        extra = entry.record.get("extra") if isinstance(entry.record, dict) else None
+        if isinstance(extra, dict) and extra.get(RELAY_MARK):
+            self._ack(entry.key)
+
+    def _ack(self, key: str) -> None:
+        self._to_ack[key] = None
+        self._kick_acks()
+
+    def _kick_acks(self) -> None:
+        if self.running and self._to_ack and self._acking is None:
+            self._acking = ensureDeferred(self._ack_loop())
+            self._acking.addErrback(self._crashed, "ack")
+
+    # -- pulling ------------------------------------------------------------------------------
+
+    async def _pull_loop(self) -> None:
+        while self.running:
+            if len(self._in_flight) >= self._window:
+                self._room = Deferred()
+                await self._room
+                self._room = None
+                continue
+            try:
+                messages = await self._pull()
+            except _RelayTrouble as e:
+                await self._backoff(str(e))
+                continue
+            if messages:
+                await self._take(messages)
+
+    async def _pull(self) -> list[dict[str, Any]]:
+        params = {"cursor": self.cursor, "timeout": f"{self.poll_timeout:g}",
+                  "limit": str(self._limit)}
+        code, body = await self._request("GET", "/relay/pull", params=params,
+                                         timeout=self.poll_timeout + 15)
+        if code == 400 and b"expired" in body and self.cursor:
+            self.log.info("relay: cursor expired (the relay restarted); pulling again from "
+                          "the start, already-delivered messages are dropped by id")
+            self.cursor = ""
+            return []
+        if code != 200:
+            raise _RelayTrouble(_describe(code, body))
+        try:
+            answer = json.loads(body)
+            cursor = answer["cursor"]
+            messages = answer["messages"]
+            if not isinstance(cursor, str) or not isinstance(messages, list):
+                raise TypeError
+            for m in messages:
+                if not isinstance(m["id"], str) or not isinstance(m["record"], dict):
+                    raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise _RelayTrouble("the relay's answer to a pull is not the expected JSON") from None
+        self._recovered()
+        self._pending_cursor = cursor
+        if not messages:
+            self.cursor = cursor
+        return messages
+
+    async def _take(self, messages: list[dict[str, Any]]) -> None:
+        """Journal a batch (one shared fsync), then move the cursor past it.  If an append
+        fails the cursor stays: the next pull hands the batch out again and the journal drops
+        what it already holds."""
+        records = []
+        for m in messages:
+            record = dict(m["record"])
+            extra = dict(record.get("extra") or {})
+            extra[RELAY_MARK] = m["id"]
+            record["extra"] = extra
+            records.append((m["id"], record))
+        results = await DeferredList([self._journal.append(key, record)
+                                      for key, record in records], consumeErrors=True)
+        duplicates = []
+        failed = None
+        for (key, _), (ok, result) in zip(records, results, strict=True):
+            if not ok:
+                failed = result
+            elif result is None:
+                duplicates.append(key)
+            else:
+                self._in_flight.add(key)
+        self.pulled += len(records) - len(duplicates)
+        self._wake()
+        if duplicates:
+            pending = {e.key for e in self._journal.pending()}
+            for key in duplicates:
+                if key in pending:
+                    self._in_flight.add(key)  # acknowledged when delivery confirms it
+                else:
+                    self._ack(key)  # confirmed on IRC before; the ack never reached the relay
+        if failed is not None:
+            self.log.failure("relay: could not journal pulled messages; pulling them again",
+                             failed)
+            await self._sleep(self._min_delay)
+            return
+        self.cursor = self._pending_cursor
+
+    # -- acknowledging ------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        try:
+            while self.running and self._to_ack:
+                batch = list(self._to_ack)[:ACK_BATCH]
+                try:
+                    code, body = await self._request(
+                        "POST", "/relay/ack", json={"ids": batch}, timeout=30)
+                    if code != 200:
+                        raise _RelayTrouble(_describe(code, body))
+                except _RelayTrouble as e:
+                    await self._backoff(str(e))
+                    continue
+                self._recovered()
+                for key in batch:
+                    self._to_ack.pop(key, None)
+                    self._in_flight.discard(key)
+                self.acked += len(batch)
+                if self._room is not None and len(self._in_flight) < self._window:
+                    self._room.callback(None)
+        finally:
+            self._acking = None
+
+    # -- HTTP and failures --------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        try:
+            response = await self._http.request(method, self._base + path,
+                                                headers=self._headers, reactor=self._reactor,
+                                                **kwargs)
+            body = await response.content()
+        except CancelledError:
+            if not self.running:
+                raise
+            raise _RelayTrouble("no answer from the relay in time") from None
+        except Exception as e:  # noqa: BLE001 - any network failure is a retry
+            raise _RelayTrouble(_network_reason(e)) from None
+        return response.code, body
+
+    async def _backoff(self, why: str) -> None:
+        self._failures += 1
+        if self._trouble is None:
+            self.log.warn("relay {url}: {why}; retrying with backoff, quietly, until it "
+                          "answers", url=self._base, why=why)
+            self._trouble = why
+        delay = min(self._max_delay, self._min_delay * 2 ** min(self._failures - 1, 30))
+        await self._sleep(delay * (0.5 + 0.5 * self._jitter()))
+
+    def _recovered(self) -> None:
+        if self._trouble is not None:
+            self.log.info("relay {url}: answering again after {n} failed attempts",
+                          url=self._base, n=self._failures)
+        self._trouble = None
+        self._failures = 0
+
+    async def _sleep(self, delay: float) -> None:
+        d = deferLater(self._reactor, delay)
+        self._waits.add(d)
+        try:
+            await d
+        finally:
+            self._waits.discard(d)
+
+
+def _describe(code: int, body: bytes) -> str:
+    line = body.decode("utf-8", "replace").strip().splitlines()
+    reason = line[0][:200] if line else ""
+    if code == 401:
+        return f"the relay refused the token (401 {reason})".replace(" )", ")")
+    return f"the relay answered {code}" + (f": {reason}" if reason else "")
+
+
+def _network_reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}" + (f": {text[0][:200]}" if text else "")
+
+
+def make_puller(config: Any, journal: Any, wake: Callable[[], Any], reactor: Any
+                ) -> RelayPuller:
+    """The puller for ``[inbound] relay_url``, with its own HTTP connection pool."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    http = HTTPClient(Agent(reactor, pool=pool))
+    return RelayPuller(config.inbound.relay_url, config.inbound.relay_token, journal, wake,
+                       reactor, http)

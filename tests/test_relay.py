@@ -1,0 +1,323 @@
+"""The relay's pull protocol, in memory: StubTreq against the Klein resource, task.Clock for
+the long poll, the journal contract (FakeJournal) underneath."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from fixtures_inbound import KANNEL_TOKEN, FakeJournal, JEntry, make_config
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from mup.config import ConfigError
+from mup.relay import CursorError, Relay, format_cursor, parse_cursor
+from mup.webhook import Receiver
+
+TOKEN = "relay-secret"
+AUTH = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+BASE = "http://relay.example"
+
+
+class Harness:
+    """A relay over a journal, with the receiver beside it, reachable through StubTreq."""
+
+    def __init__(self, poll_timeout: float = 30.0, journal: FakeJournal | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.journal = journal or FakeJournal()
+        self.relay = Relay(self.journal, TOKEN, poll_timeout, self.clock, epoch="e1")
+        receiver = Receiver(make_config(relay={"token": TOKEN}), self.journal,
+                            on_accepted=self.relay.accepted, health=self.relay.health,
+                            clock=self.clock)
+        self.http = StubTreq(self.relay.resource(receiver.resource()))
+
+    def add(self, n: int) -> list[JEntry]:
+        """``n`` messages accepted as the receiver would: journaled, then ``on_accepted``."""
+        out = []
+        for _ in range(n):
+            i = len(self.journal.entries) + 1
+            entry = self.journal.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"}).result
+            entry.appended = self.clock.seconds()
+            self.relay.accepted(entry)
+            out.append(entry)
+        return out
+
+    def request(self, method: str, path: str, headers: Any = AUTH, **kw: Any) -> Any:
+        d = self.http.request(method, BASE + path, headers=headers, **kw)
+        self.http.flush()
+        return d
+
+    def answered(self, d: Any) -> bool:
+        """Whether the response to ``d`` arrived (the agent's Deferred may be chained)."""
+        self.http.flush()
+        got: list[Any] = []
+        d.addBoth(lambda r: got.append(r) or r)
+        return bool(got)
+
+    def answer(self, d: Any) -> tuple[int, bytes]:
+        assert self.answered(d), "no answer yet"
+        response = d.result
+        body = self.http.content(response)
+        self.http.flush()
+        return response.code, body.result
+
+    def pull(self, cursor: str = "", **params: Any) -> Any:
+        query = urlencode({"cursor": cursor, **params})
+        return self.request("GET", f"/relay/pull?{query}")
+
+    def ack(self, ids: list[str]) -> tuple[int, Any]:
+        code, body = self.answer(self.request("POST", "/relay/ack", json={"ids": ids}))
+        return code, json.loads(body) if code == 200 else body
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {b"Authorization": [b"Bearer wrong"]},
+    {b"Authorization": [b"Bearer " + TOKEN.encode() + b"x"]},
+    {b"Authorization": [b"Basic " + TOKEN.encode()]},
+    {b"Authorization": [TOKEN.encode()]},
+    {b"Authorization": [b"Bearer"]},
+])
+@pytest.mark.parametrize("method,path", [("GET", "/relay/pull?timeout=0"),
+                                         ("POST", "/relay/ack")])
+def test_wrong_or_missing_token_is_401(h: Harness, headers: Any, method: str, path: str) -> None:
+    h.add(1)
+    code, body = h.answer(h.request(method, path, headers=headers, json={"ids": ["kannel:m1"]}
+                                    if method == "POST" else None))
+    assert code == 401
+    assert body == b"missing or wrong bearer token\n"
+    assert h.journal.done == set()
+
+
+def test_relay_refuses_to_run_without_a_token() -> None:
+    with pytest.raises(ConfigError, match="token"):
+        Relay(FakeJournal(), "", 30, Clock())
+
+
+# -- cursors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cursor,reason", [
+    ("garbage", "garbled cursor"),
+    ("e1-", "garbled cursor"),
+    ("-5", "garbled cursor"),
+    ("e1-x5", "garbled cursor"),
+    ("e1-99", "beyond the relay's last message 3"),
+    ("e1-" + "9" * 40, "garbled cursor"),
+    ("e0-2", "expired cursor"),
+    ("\x00\xff-1", "expired cursor"),
+])
+def test_bad_cursor_is_400_with_one_line_reason(h: Harness, cursor: str, reason: str) -> None:
+    h.add(3)
+    code, body = h.answer(h.pull(cursor))
+    assert code == 400
+    assert reason in body.decode()
+    assert body.count(b"\n") == 1 and body.endswith(b"\n")
+
+
+@pytest.mark.parametrize("params,reason", [
+    ({"timeout": "soon"}, "timeout='soon' is not a number"),
+    ({"timeout": "-1"}, "timeout='-1' must be a number >= 0"),
+    ({"timeout": "nan"}, "timeout='nan' must be a number >= 0"),
+    ({"limit": "1.5"}, "limit='1.5' is not a number"),
+])
+def test_bad_parameters_are_400(h: Harness, params: dict, reason: str) -> None:
+    code, body = h.answer(h.pull("", **params))
+    assert (code, body) == (400, reason.encode() + b"\n")
+
+
+def test_parse_cursor_table() -> None:
+    assert parse_cursor("", "e", 0) == 0
+    assert parse_cursor(format_cursor("ab-cd", 7), "ab-cd", 7) == 7
+    with pytest.raises(CursorError):
+        parse_cursor(format_cursor("ab", 8), "ab", 7)
+
+
+# -- the long poll -----------------------------------------------------------------------------
+
+def test_pull_answers_at_once_when_messages_wait(h: Harness) -> None:
+    entries = h.add(3)
+    code, body = h.answer(h.pull("", timeout=30))
+    answer = json.loads(body)
+    assert code == 200
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m1", "kannel:m2", "kannel:m3"]
+    assert [m["seq"] for m in answer["messages"]] == [e.seq for e in entries]
+    assert answer["messages"][0]["record"] == {"kind": "sms", "text": "t1"}
+    assert answer["messages"][0]["accepted"] == 1000.0
+    assert answer["cursor"] == "e1-3"
+    assert h.relay.last_pull == 1000.0
+
+
+def test_pull_waits_then_answers_empty_after_the_timeout(h: Harness) -> None:
+    h.add(2)
+    d = h.pull("e1-2", timeout=5)
+    h.clock.advance(4.9)
+    assert not h.answered(d)
+    h.clock.advance(0.1)
+    code, body = h.answer(d)
+    assert (code, json.loads(body)) == (200, {"cursor": "e1-2", "messages": []})
+    assert h.relay._waiters == set()
+
+
+def test_the_timeout_is_capped_by_poll_timeout() -> None:
+    h = Harness(poll_timeout=2)
+    d = h.pull("", timeout=3600)
+    h.clock.advance(2)
+    code, body = h.answer(d)
+    assert json.loads(body)["messages"] == []
+
+
+def test_a_waiting_pull_answers_as_soon_as_a_message_is_accepted(h: Harness) -> None:
+    d = h.pull("", timeout=30)
+    h.clock.advance(1)
+    assert not h.answered(d)
+    h.add(1)
+    code, body = h.answer(d)
+    answer = json.loads(body)
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m1"]
+    assert answer["cursor"] == "e1-1"
+    assert h.clock.getDelayedCalls() == []  # the timer went with it
+
+
+def test_a_gateway_post_beside_the_relay_wakes_the_pull(h: Harness) -> None:
+    """The very same receiver serves /kannel/mo: its accept hands the message to the pull."""
+    d = h.pull("", timeout=30)
+    query = urlencode({"from": "+447700900123", "to": "4242", "text": "hi ops", "id": "abc",
+                       "token": KANNEL_TOKEN})
+    code, _ = h.answer(h.request("GET", f"/kannel/mo?{query}", headers={}))
+    assert code == 200
+    code, body = h.answer(d)
+    (message,) = json.loads(body)["messages"]
+    assert message["id"] == "kannel:abc"
+    assert message["record"]["text"] == "hi ops"
+    assert message["record"]["from"] == "+447700900123"
+
+
+def test_timeout_zero_answers_at_once(h: Harness) -> None:
+    code, body = h.answer(h.pull("", timeout=0))
+    assert json.loads(body) == {"cursor": "e1-0", "messages": []}
+
+
+def test_limit_and_cursor_walk_the_backlog_in_order(h: Harness) -> None:
+    h.add(5)
+    seen, cursor = [], ""
+    for _ in range(3):
+        answer = json.loads(h.answer(h.pull(cursor, limit=2, timeout=0))[1])
+        seen += [m["id"] for m in answer["messages"]]
+        cursor = answer["cursor"]
+    assert seen == [f"kannel:m{i}" for i in range(1, 6)]
+    assert cursor == "e1-5"
+
+
+def test_a_cancelled_pull_leaves_no_waiter_or_timer(h: Harness) -> None:
+    d = h.pull("", timeout=30)
+    assert len(h.relay._waiters) == 1
+    d.cancel()  # the client went away: the connection is lost, Klein cancels the handler
+    h.http.flush()
+    assert h.relay._waiters == set()
+    assert h.clock.getDelayedCalls() == []
+
+
+# -- acknowledgements --------------------------------------------------------------------------
+
+def test_ack_deletes_only_what_was_acknowledged(h: Harness) -> None:
+    entries = h.add(3)
+    h.answer(h.pull(""))
+    code, answer = h.ack(["kannel:m2", "kannel:nope", "kannel:m2"])
+    assert code == 200
+    assert answer == {"acked": ["kannel:m2"], "unknown": ["kannel:nope"]}
+    assert h.journal.done == {entries[1].seq}
+    # What was handed out and not acknowledged is still there for a pull from the start.
+    answer = json.loads(h.answer(h.pull("", timeout=0))[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m1", "kannel:m3"]
+    assert h.relay.backlog == 2
+    # Acknowledging again is harmless.
+    assert h.ack(["kannel:m2"]) == (200, {"acked": [], "unknown": ["kannel:m2"]})
+    assert h.journal.done == {entries[1].seq}
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"ids": "kannel:m1"}', b'{"ids": [1]}',
+                                  b"\xff\xfe", b'{"id": ["kannel:m1"]}'])
+def test_garbled_ack_is_400(h: Harness, body: bytes) -> None:
+    h.add(1)
+    code, answer = h.answer(h.request("POST", "/relay/ack", data=body))
+    assert code == 400
+    assert answer == b'expected a JSON body {"ids": ["<id>", ...]}\n'
+    assert h.journal.done == set()
+
+
+def test_a_failed_mark_done_is_503_and_the_message_stays(h: Harness) -> None:
+    h.add(1)
+
+    def broken(seq: int) -> Any:
+        from twisted.internet.defer import fail
+
+        return fail(OSError(28, "No space left on device"))
+
+    h.journal.mark_done = broken  # type: ignore[method-assign]
+    code, body = h.answer(h.request("POST", "/relay/ack", json={"ids": ["kannel:m1"]}))
+    assert code == 503
+    assert h.relay.backlog == 1
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+def test_a_restarted_relay_expires_old_cursors_and_offers_everything_unacknowledged() -> None:
+    first = Harness()
+    first.add(3)
+    cursor = json.loads(first.answer(first.pull(""))[1])["cursor"]
+    first.ack(["kannel:m1"])
+    # Same journal, new process: a new epoch, the index rebuilt from journal.pending().
+    second = Harness(journal=first.journal)
+    second.relay.epoch = "e2"
+    code, body = second.answer(second.pull(cursor))
+    assert code == 400 and b"expired cursor" in body
+    answer = json.loads(second.answer(second.pull("", timeout=0))[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m2", "kannel:m3"]
+
+
+def test_a_message_made_durable_out_of_order_expires_cursors(h: Harness) -> None:
+    """Were a later seq handed out first, the earlier one would be skipped by the cursor:
+    the relay rotates its epoch instead so the bot pulls from the start."""
+    h.journal.hold = True
+    h.journal.append("kannel:a", {})
+    late = h.journal.held[0][1]
+    h.journal.hold = False
+    h.add(1)
+    cursor = json.loads(h.answer(h.pull(""))[1])["cursor"]
+    h.relay.accepted(late)
+    code, body = h.answer(h.pull(cursor))
+    assert code == 400 and b"expired" in body
+    answer = json.loads(h.answer(h.pull("", timeout=0))[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:a", "kannel:m2"]
+
+
+# -- operations --------------------------------------------------------------------------------
+
+def test_healthz_and_metrics_show_backlog_oldest_age_and_last_pull(h: Harness) -> None:
+    h.add(2)
+    h.clock.advance(60)
+    code, body = h.answer(h.request("GET", "/healthz", headers={}))
+    health = json.loads(body)
+    assert code == 200
+    assert health["relay_backlog"] == 2
+    assert health["oldest_undelivered_age"] == 60
+    assert health["last_pull_age"] is None
+    h.answer(h.pull("", timeout=0))
+    h.clock.advance(5)
+    health = json.loads(h.answer(h.request("GET", "/healthz", headers={}))[1])
+    assert health["last_pull_age"] == 5
+    code, body = h.answer(h.request("GET", "/metrics", headers={}))
+    text = body.decode()
+    assert "mup_relay_backlog 2.0" in text
+    assert "mup_relay_oldest_undelivered_age_seconds 65.0" in text
+    assert "mup_relay_last_pull_timestamp_seconds 1060.0" in text
