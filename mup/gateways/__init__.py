@@ -1,0 +1,184 @@
+"""What every HTTP gateway shares: one request with a timeout, bounded retries with backoff.
+
+A retry happens only when the gateway told us it did not take the SMS (HTTP 429 or 503) or we
+never reached it (connection refused, DNS failure).  A timeout or a connection lost after the
+request went out is ambiguous: the SMS may be on its way, so it is reported, never sent twice.
+4xx answers are explained by the gateway class, never retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from mup import metrics
+from mup.gateway import SendResult
+from mup.phone import mask_number
+
+__all__ = ["Answer", "HTTPGateway", "clean_reason", "real_http_client"]
+
+log = Logger()
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A gateway's HTTP answer, read whole."""
+
+    code: int
+    body: bytes
+    retry_after: float | None = None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace").strip()
+
+
+def clean_reason(text: str, limit: int = 200) -> str:
+    """Gateway text made safe for IRC: one line, no control characters, bounded."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def real_http_client(reactor: Any) -> Any:
+    """A treq client with a persistent connection pool; HTTPS certificates are verified."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+_NOT_SENT = (net_error.ConnectError, net_error.DNSLookupError)
+"""Failures that prove the request never reached the gateway: safe to retry."""
+
+
+class HTTPGateway:
+    """Base of the HTTP gateways: subclasses build the request and read the answer."""
+
+    name = "http"
+
+    def __init__(self, http: Any, clock: IReactorTime, timeout: float = 10.0,
+                 retries: int = 3, backoff: float = 1.0) -> None:
+        self._http = http
+        self._clock = clock
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def send(self, number: str, text: str, reference: str = "") -> Deferred[SendResult]:
+        """Send ``text`` to ``number`` (E.164); never errbacks."""
+        d = Deferred.fromCoroutine(self._send(number, text, reference))
+
+        def unexpected(failure: Any) -> SendResult:
+            log.failure("{gateway}: sending failed unexpectedly", failure, gateway=self.name)
+            return SendResult("failed", "an internal error in mup; it has been logged")
+
+        return d.addErrback(unexpected)
+
+    async def _send(self, number: str, text: str, reference: str) -> SendResult:
+        method, url, kwargs = self.request(number, text, reference)
+        result = await self._with_retries(method, url, kwargs,
+                                          lambda answer: self.parse(answer, text))
+        masked = mask_number(number)
+        log.debug("{gateway}: SMS {reference} to {number}: {status} {reason}",
+                  gateway=self.name, reference=reference, number=number,
+                  status=result.status, reason=result.reason)
+        if result.status == "failed":
+            metrics.sms_failed.labels(self.name).inc()
+            log.warn("{gateway}: SMS {reference} to {number} failed: {reason}",
+                     gateway=self.name, reference=reference, number=masked, reason=result.reason)
+        else:
+            metrics.sms_sent.labels(self.name).inc()
+            log.info("{gateway}: SMS {reference} to {number} {status} ({segments} part(s))",
+                     gateway=self.name, reference=reference, number=masked,
+                     status=result.status, segments=result.segments)
+        return result
+
+    # Subclasses fill these in.
+
+    def request(self, number: str, text: str, reference: str
+                ) -> tuple[str, str, dict[str, Any]]:
+        """The HTTP method, URL and treq keyword arguments for one SMS."""
+        raise NotImplementedError
+
+    def parse(self, answer: Answer, text: str) -> SendResult:
+        """What the gateway's (non-429, non-503) answer means."""
+        raise NotImplementedError
+
+    # The machinery.
+
+    async def _once(self, method: str, url: str, kwargs: dict[str, Any]) -> Answer:
+        response = await self._http.request(method, url, **kwargs)
+        body = await response.content()
+        retry_after = None
+        values = response.headers.getRawHeaders(b"retry-after") or []
+        if values:
+            try:
+                retry_after = float(values[0])
+            except ValueError:
+                retry_after = None
+        return Answer(response.code, body, retry_after)
+
+    def _attempt(self, method: str, url: str, kwargs: dict[str, Any]) -> Deferred[Answer]:
+        d = Deferred.fromCoroutine(self._once(method, url, kwargs))
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_timed_out)
+        return d
+
+    async def _with_retries(self, method: str, url: str, kwargs: dict[str, Any],
+                            parse: Callable[[Answer], SendResult]) -> SendResult:
+        reason = ""
+        for attempt in range(self.retries + 1):
+            delay = min(self.backoff * 2 ** attempt, MAX_BACKOFF)
+            try:
+                answer = await self._attempt(method, url, kwargs)
+            except _NOT_SENT as e:
+                reason = f"could not reach the SMS gateway ({type(e).__name__})"
+            except TimeoutError:
+                return SendResult("failed", "the SMS gateway did not answer in time; the SMS "
+                                  "may still arrive, so check before sending it again")
+            except Exception as e:
+                if _tls_failure(e):
+                    return SendResult("failed", "could not verify the SMS gateway's TLS "
+                                      "certificate; tell the bot's operator")
+                log.warn("{gateway}: request failed: {error}", gateway=self.name,
+                         error=type(e).__name__)
+                return SendResult("failed", "the connection to the SMS gateway broke; the SMS "
+                                  "may still arrive, so check before sending it again")
+            else:
+                if answer.code not in (429, 503):
+                    return parse(answer)
+                reason = ("the SMS gateway is busy (HTTP 429)" if answer.code == 429
+                          else "the SMS gateway is temporarily unavailable (HTTP 503)")
+                if answer.retry_after is not None:
+                    delay = min(max(answer.retry_after, 0.0), MAX_BACKOFF)
+            if attempt < self.retries:
+                log.info("{gateway}: {reason}; retrying in {delay}s", gateway=self.name,
+                         reason=reason, delay=delay)
+                await deferLater(self._clock, delay)
+        tries = self.retries + 1
+        return SendResult("failed", f"{reason}; tried {tries} time{'s' if tries > 1 else ''}, "
+                          "try again later")
+
+
+def _timed_out(result: Any, timeout: float) -> None:
+    """Whatever cancelling gave (the agent wraps it in its own errors), it was our timeout."""
+    raise TimeoutError(f"no answer in {timeout} seconds")
+
+
+def _tls_failure(e: BaseException) -> bool:
+    reasons = getattr(e, "reasons", None) or []
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover
+        return False
+    return any(getattr(r, "check", lambda *_: False)(SSL.Error) for r in reasons)
