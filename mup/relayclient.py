@@ -64,6 +64,8 @@ class RelayPuller(Service):
         """Ids pulled (and journaled) and not yet acknowledged."""
         self._to_ack: dict[str, None] = {}
         self._acking: Deferred[None] | None = None
+        self._ack_running = False
+        self._pending_cursor = ""
         self._room: Deferred[None] | None = None
         self._pulling: Deferred[None] | None = None
         self._waits: set[Deferred[Any]] = set()
@@ -105,9 +107,11 @@ class RelayPuller(Service):
         self._kick_acks()
 
     def _kick_acks(self) -> None:
-        if self.running and self._to_ack and self._acking is None:
-            self._acking = ensureDeferred(self._ack_loop())
-            self._acking.addErrback(self._crashed, "ack")
+        if self.running and self._to_ack and not self._ack_running:
+            self._ack_running = True
+            d = ensureDeferred(self._ack_loop())
+            d.addErrback(self._crashed, "ack")
+            self._acking = None if d.called else d
 
     # -- pulling ------------------------------------------------------------------------------
 
@@ -215,6 +219,7 @@ class RelayPuller(Service):
                 if self._room is not None and len(self._in_flight) < self._window:
                     self._room.callback(None)
         finally:
+            self._ack_running = False
             self._acking = None
 
     # -- HTTP and failures --------------------------------------------------------------------

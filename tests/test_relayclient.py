@@ -1,0 +1,242 @@
+"""The bot's puller, in memory: StubTreq against a real relay resource, task.Clock for the
+long poll and the backoff, the journal contract (FakeJournal) on both sides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fixtures_inbound import FakeJournal
+from treq.testing import StubTreq
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+
+from mup.relay import Relay
+from mup.relayclient import RELAY_MARK, RelayPuller
+
+TOKEN = "relay-secret"
+
+
+class Side:
+    """A relay (its own journal) and a bot puller (its own journal) on one Clock."""
+
+    def __init__(self, token: str = TOKEN, window: int = 100, limit: int = 50) -> None:
+        self.clock = Clock()
+        self.relay_journal = FakeJournal()
+        self.relay = Relay(self.relay_journal, TOKEN, 30.0, self.clock, epoch="e1")
+        self.http = StubTreq(self.relay.resource())
+        self.bot_journal = FakeJournal()
+        self.wakes = 0
+        self.events: list[dict] = []
+        self.puller = self.make_puller(self.http, token, window=window, limit=limit)
+
+    def make_puller(self, http: Any, token: str = TOKEN, **kw: Any) -> RelayPuller:
+        puller = RelayPuller("http://relay.example/", token, self.bot_journal, self.wake,
+                             self.clock, http, poll_timeout=30.0, jitter=lambda: 1.0, **kw)
+        puller.log = Logger(observer=self.events.append)
+        return puller
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def accept(self, *ids: str) -> None:
+        for i in ids:
+            entry = self.relay_journal.append(f"kannel:{i}", {"kind": "sms", "id": i,
+                                                             "text": f"text {i}"}).result
+            self.relay.accepted(entry)
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(5):
+            self.http.flush()
+
+    def bot_keys(self) -> list[str]:
+        return [e.key for e in sorted(self.bot_journal.entries.values(), key=lambda e: e.seq)]
+
+    def deliver_all(self) -> None:
+        """What delivery does once IRC confirmed each pending entry: mark done, then tell."""
+        for entry in self.bot_journal.pending():
+            self.bot_journal.mark_done(entry.seq)
+            self.puller.delivered(entry)
+        self.flush()
+
+    def logged(self, level: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if e["log_level"].name == level]
+
+
+def test_pulled_messages_are_journaled_marked_and_woken_in_order() -> None:
+    s = Side()
+    s.accept("a", "b", "c")
+    s.puller.startService()
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b", "kannel:c"]
+    record = s.bot_journal.entries["kannel:b"].record
+    assert record["text"] == "text b"
+    assert record["extra"] == {RELAY_MARK: "kannel:b"}
+    assert s.wakes >= 1
+    assert s.puller.cursor == "e1-3"
+    # Nothing acknowledged before IRC confirmed it.
+    assert s.relay_journal.done == set()
+    s.puller.stopService()
+
+
+def test_a_long_poll_brings_a_new_message_at_once() -> None:
+    s = Side()
+    s.puller.startService()
+    s.flush()
+    assert s.bot_keys() == []
+    s.clock.advance(1)
+    s.accept("late")
+    assert s.bot_keys() == ["kannel:late"]
+    s.puller.stopService()
+
+
+def test_acks_are_sent_only_for_confirmed_relay_messages() -> None:
+    s = Side()
+    s.accept("a", "b")
+    s.puller.startService()
+    s.flush()
+    first = s.bot_journal.entries["kannel:a"]
+    s.bot_journal.mark_done(first.seq)
+    s.puller.delivered(first)
+    s.flush()
+    assert s.relay.backlog == 1
+    assert [e.key for e in s.relay_journal.pending()] == ["kannel:b"]
+    # An entry the bot's own webhook received is not the relay's business.
+    webhook = s.bot_journal.append("kannel:own", {"kind": "sms", "extra": {}}).result
+    s.puller.delivered(webhook)
+    s.deliver_all()
+    assert s.relay.backlog == 0
+    assert s.puller.acked == 2
+    s.puller.stopService()
+
+
+def test_after_a_bot_restart_delivered_messages_are_acked_not_shown_again() -> None:
+    """The bot confirmed `a` on IRC and died before the ack: the restarted bot pulls from the
+    start, its journal drops `a` (already there, done) and acks it; `b`, pending in the bot's
+    journal, is acknowledged when delivery confirms it."""
+    s = Side()
+    s.accept("a", "b")
+    s.puller.startService()
+    s.flush()
+    a = s.bot_journal.entries["kannel:a"]
+    s.bot_journal.mark_done(a.seq)  # confirmed on IRC ... and the process is killed
+    s.puller.stopService()
+    s.flush()
+    restarted = s.make_puller(s.http)
+    s.puller = restarted
+    restarted.startService()
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b"]  # nothing appended twice
+    assert [e.key for e in s.relay_journal.pending()] == ["kannel:b"]
+    s.deliver_all()
+    assert s.relay.backlog == 0
+    restarted.stopService()
+
+
+def test_an_expired_cursor_restarts_from_the_beginning_without_duplicates() -> None:
+    s = Side()
+    s.accept("a")
+    s.puller.startService()
+    s.flush()
+    s.puller.stopService()  # the relay restarts: the outstanding pull is cut off ...
+    s.flush()
+    s.relay.epoch = "e2"
+    s.accept("b")
+    s.puller.startService()  # ... and the next one comes with a cursor of the old epoch
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b"]
+    assert s.puller.cursor.startswith("e2-")
+    assert any("cursor expired" in line for line in s.logged("info"))
+    s.puller.stopService()
+
+
+class Unreachable:
+    """What treq gives when nothing listens: every request fails to connect."""
+
+    def __init__(self) -> None:
+        self.attempts: list[float] = []
+        self.clock: Clock | None = None
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        self.attempts.append(kw["reactor"].seconds())
+        return fail(ConnectionRefusedError("Connection was refused by other side: 111"))
+
+
+def test_an_unreachable_relay_is_retried_with_backoff_and_logged_once() -> None:
+    s = Side()
+    down = Unreachable()
+    puller = s.make_puller(down, min_delay=0.5, max_delay=8.0)
+    puller.startService()
+    for _ in range(40):
+        s.clock.advance(1)
+    gaps = [b - a for a, b in zip(down.attempts, down.attempts[1:], strict=False)]
+    assert gaps[:6] == [1, 1, 2, 4, 8, 8]  # 0.5, 1, 2, 4, 8 rounded up to the 1 s ticks; capped
+    warnings = s.logged("warn")
+    assert len(warnings) == 1, warnings
+    assert "ConnectionRefusedError" in warnings[0] and "backoff" in warnings[0]
+    # It comes back: one line says so, and the messages flow.
+    s.accept("a")
+    puller._http = s.http
+    s.clock.advance(8)
+    s.flush()
+    assert s.bot_keys() == ["kannel:a"]
+    infos = [line for line in s.logged("info") if "answering again" in line]
+    assert len(infos) == 1 and "failed attempts" in infos[0]
+    assert len(s.logged("warn")) == 1
+    puller.stopService()
+
+
+def test_a_wrong_token_is_logged_once_and_retried() -> None:
+    s = Side(token="wrong")
+    s.accept("a")
+    s.puller.startService()
+    for _ in range(30):
+        s.clock.advance(1)
+        s.flush()
+    assert s.bot_keys() == []
+    (warning,) = s.logged("warn")
+    assert "refused the token (401" in warning
+    s.puller.stopService()
+
+
+def test_the_window_holds_pulling_until_acks_come_back() -> None:
+    s = Side(window=2, limit=2)
+    s.accept("a", "b", "c")
+    s.puller.startService()
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b"]
+    s.deliver_all()
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b", "kannel:c"]
+    s.puller.stopService()
+
+
+def test_a_failed_journal_append_keeps_the_cursor_and_pulls_again() -> None:
+    s = Side()
+    s.accept("a")
+    s.bot_journal.broken = True
+    s.puller.startService()
+    s.flush()
+    assert s.puller.cursor == ""
+    assert s.bot_keys() == []
+    s.bot_journal.broken = False
+    s.clock.advance(1)
+    s.flush()
+    assert s.bot_keys() == ["kannel:a"]
+    assert s.puller.cursor == "e1-1"
+    s.puller.stopService()
+
+
+def test_stopping_cancels_the_outstanding_pull() -> None:
+    s = Side()
+    s.puller.startService()
+    s.flush()
+    assert len(s.relay._waiters) == 1
+    s.puller.stopService()
+    s.flush()
+    assert s.relay._waiters == set()
+    assert s.logged("critical") == [] and s.logged("error") == []
