@@ -371,11 +371,14 @@ def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    if not config.webhook.endpoint:
+        raise ConfigError(f"{config.path}: [webhook] endpoint must be set for mup-relay")
+    if not config.relay.token:
+        raise ConfigError(f"{config.path}: [relay] token must be set for mup-relay (the bot "
+                          "presents it as [inbound] relay_token)")
     from mup.journal import Journal
     from mup.webhook import Receiver, WebhookService
 
-    if not config.webhook.endpoint:
-        raise ConfigError(f"{config.path}: [webhook] endpoint must be set for mup-relay")
     journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
     relay = Relay(journal, config.relay.token, config.relay.poll_timeout, reactor)
     receiver = Receiver(config, journal, on_accepted=relay.accepted, health=relay.health,

@@ -42,3 +42,24 @@ class MupServiceMaker:
 
 
 serviceMaker = MupServiceMaker()
+
+
+@implementer(IServiceMaker, IPlugin)
+class MupRelayServiceMaker:
+    tapname = "mup-relay"
+    description = ("mup-relay: the always-up receiver that keeps inbound SMS while the bot is "
+                   "down; the bot pulls them ([inbound] relay_url).")
+    options = Options
+
+    def makeService(self, options: Options):
+        from mup.config import ConfigError
+        from mup.relay import make_relay_service
+
+        try:
+            return make_relay_service(_load(options["config"]))
+        except ConfigError as e:
+            sys.stderr.write(f"mup-relay: {e}\n")
+            raise SystemExit(1) from None
+
+
+relayServiceMaker = MupRelayServiceMaker()

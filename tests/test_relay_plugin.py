@@ -1,0 +1,41 @@
+"""`twistd mup-relay` as an operator runs it: listed, --help, and config errors in one line."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from mup.testing.process import twistd_argv
+
+
+def twistd(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(twistd_argv(*args), cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_listed_beside_mup(tmp_path):
+    result = twistd("--help", cwd=tmp_path)
+    assert "mup-relay" in result.stdout
+    assert "    mup " in result.stdout or "\n    mup" in result.stdout
+
+
+def test_help_explains_options(tmp_path):
+    result = twistd("mup-relay", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[webhook]\nendpoint = "tcp:port=0"\n', "[relay] token must be set for mup-relay"),
+    ('[relay]\ntoken = "t"\n[webhook]\nendpoint = ""\n',
+     "[webhook] endpoint must be set for mup-relay"),
+    ('[relay]\ntoken = 5\n', "[relay] token: expected a string, got integer 5"),
+])
+def test_config_errors_are_one_clear_line(tmp_path, toml, message):
+    path = tmp_path / "relay.toml"
+    path.write_text(toml)
+    result = twistd("-n", "--pidfile=", "mup-relay", "--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"{path}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
