@@ -1,0 +1,139 @@
+"""Where an inbound SMS goes on IRC, and who it is shown as coming from.
+
+By the SMS's first word: ``#chan ...`` goes to that channel if the bot is configured for it
+(otherwise to the default channel, with a note); ``nick ...`` goes to that person privately if
+the nick is on IRC or in the directory; anything else goes to whoever last texted this number
+through mup (within the reply window), else to the default channel.  The sender is named by
+the directory; an unknown number is masked, or the message dropped, by config.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from mup.gateway import InboundSMS
+from mup.phone import InvalidNumber, mask_number, normalise
+
+__all__ = ["Route", "Router", "irc_lower"]
+
+log = Logger()
+
+_NICK = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}")
+
+
+def irc_lower(name: str) -> str:
+    """RFC 1459 case folding, as IRC servers compare channel names and nicks."""
+    return name.lower().translate(str.maketrans("[]\\~", "{}|^"))
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one SMS goes and how it is shown."""
+
+    target: str
+    """A channel or a nick; empty when dropped."""
+    text: str
+    """What is shown after ``[SMS] <sender>`` (the addressing word removed)."""
+    sender: str
+    """The sender's directory nick, or the number masked."""
+    sender_nick: str = ""
+    """The directory nick, "" when the number is not in the directory."""
+    note: str = ""
+    """A line to add, e.g. why it did not go where it was addressed."""
+    why: str = ""
+    """For logs: which rule chose the target."""
+
+    @property
+    def dropped(self) -> bool:
+        return not self.target
+
+    @property
+    def private(self) -> bool:
+        return bool(self.target) and self.target[0] not in "#&+!"
+
+
+class Router:
+    """Decides a :class:`Route` for an :class:`InboundSMS`.
+
+    ``directory`` has ``by_phone(number)`` and ``by_nick(nick)`` returning
+    ``Deferred[Person | None]`` (or is None); ``routes`` has ``lookup(number) -> nick | None``;
+    ``is_present(nick)`` says whether a nick is on IRC now."""
+
+    def __init__(self, *, channels: list[str], default_channel: str, unknown_senders: str,
+                 region: str, directory: Any, routes: Any,
+                 is_present: Callable[[str], bool]) -> None:
+        self.channels = {irc_lower(c): c for c in channels}
+        self.default_channel = default_channel or (channels[0] if channels else "")
+        if not self.default_channel:
+            raise ValueError("inbound SMS need [inbound] default_channel or [irc] channels")
+        self.unknown_senders = unknown_senders
+        self.region = region
+        self.directory = directory
+        self.routes = routes
+        self.is_present = is_present
+
+    def number(self, raw: str) -> str:
+        """The sender as E.164 where it parses, else as the gateway wrote it."""
+        try:
+            return normalise(raw, self.region)
+        except InvalidNumber:
+            return raw
+
+    async def route(self, sms: InboundSMS) -> Route:
+        number = self.number(sms.sender)
+        sender_nick = await self._person_nick(number)
+        reply_to = self.routes.lookup(number) if self.routes is not None else None
+        sender = sender_nick or mask_number(number)
+        if sender_nick == "" and self.unknown_senders == "drop" and not reply_to:
+            return Route("", sms.text, sender, why="unknown sender, dropped by config")
+        sender_nick = sender_nick or ""
+        words = sms.text.strip().split(None, 1)
+        first = words[0] if words else ""
+        rest = words[1] if len(words) > 1 else ""
+        if first[:1] in "#&" and len(first) > 1:
+            channel = self.channels.get(irc_lower(first.rstrip(":,")))
+            if channel is not None:
+                return Route(channel, rest, sender, sender_nick, why="addressed to channel")
+            return Route(self.default_channel, sms.text.strip(), sender, sender_nick,
+                         note=f"(sent to {_clip(first)}, which is not one of my channels)",
+                         why="addressed to an unknown channel")
+        nick = first.rstrip(":,")
+        if _NICK.fullmatch(nick) and await self._is_person(nick):
+            return Route(nick, rest, sender, sender_nick, why="addressed to a nick")
+        if reply_to:
+            return Route(reply_to, sms.text.strip(), sender, sender_nick,
+                         why="reply to the last person who texted this number")
+        return Route(self.default_channel, sms.text.strip(), sender, sender_nick,
+                     why="default channel")
+
+    async def _person_nick(self, number: str) -> str | None:
+        """The sender's nick; "" when not in the directory; None when the directory failed
+        (shown masked, but never dropped as unknown)."""
+        if self.directory is None:
+            return ""
+        try:
+            person = await self.directory.by_phone(number)
+        except Exception as e:
+            log.warn("directory lookup of {number} failed, showing it masked: {error}",
+                     number=mask_number(number), error=e)
+            return None
+        return person.nick if person is not None and person.nick else ""
+
+    async def _is_person(self, nick: str) -> bool:
+        if self.is_present(nick):
+            return True
+        if self.directory is None:
+            return False
+        try:
+            return await self.directory.by_nick(nick) is not None
+        except Exception as e:
+            log.warn("directory lookup of {nick} failed: {error}", nick=nick, error=e)
+            return False
+
+
+def _clip(word: str) -> str:
+    return word if len(word) <= 50 else word[:49] + "…"

@@ -1,0 +1,152 @@
+"""Routing of inbound SMS (table-driven) and the persisted reply routes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mup.gateway import InboundSMS
+from mup.people import Person
+from mup.routes import FILENAME, ReplyRoutes
+from mup.routing import Route, Router
+
+_sync = SynchronousTestCase()
+
+NIEMEYER = Person("niemeyer", "Gustavo Niemeyer", "n@example.com", (("mobile", "+447911123456"),),
+                  "+447911123456", "")
+JOE = Person("joe", "Joe Bloggs", "joe@example.com", (), "+447911654321", "")
+
+
+class FakeDirectory:
+    def __init__(self, people: list[Person], broken: bool = False) -> None:
+        self.people = people
+        self.broken = broken
+
+    def by_phone(self, number: str) -> Deferred:
+        if self.broken:
+            from mup.ldap import DirectoryError
+
+            return fail(DirectoryError("server down"))
+        return succeed(next((p for p in self.people if p.mobile == number), None))
+
+    def by_nick(self, nick: str) -> Deferred:
+        if self.broken:
+            return fail(RuntimeError("server down"))
+        return succeed(next((p for p in self.people if p.nick.lower() == nick.lower()), None))
+
+
+def make_router(tmp_path, unknown: str = "mask", directory=None, present=("alice",),
+                clock: Clock | None = None) -> tuple[Router, ReplyRoutes]:
+    clock = clock or Clock()
+    routes = ReplyRoutes(str(tmp_path), 12 * 3600, clock)
+    router = Router(channels=["#ops", "#Dev[1]"], default_channel="#ops", unknown_senders=unknown,
+                    region="GB", directory=directory or FakeDirectory([NIEMEYER, JOE]),
+                    routes=routes, is_present=lambda nick: nick.lower() in present)
+    return router, routes
+
+
+def route(router: Router, sender: str, text: str) -> Route:
+    d = Deferred.fromCoroutine(router.route(InboundSMS("kannel", "1", sender, "4242", text, 0)))
+    return _sync.successResultOf(d)
+
+
+CASES = [
+    # sender, text -> target, shown text, sender shown, note?
+    ("+447911123456", "#ops Flight delayed, there in 5.",
+     "#ops", "Flight delayed, there in 5.", "niemeyer", False),
+    ("07911 123456", "#OPS: late", "#ops", "late", "niemeyer", False),
+    ("+447911123456", "#dev{1} rfc1459 folding", "#Dev[1]", "rfc1459 folding", "niemeyer", False),
+    ("+447911123456", "#random hi all", "#ops", "#random hi all", "niemeyer", True),
+    ("+447911123456", "joe: call me", "joe", "call me", "niemeyer", False),
+    ("+447911123456", "alice are you there", "alice", "are you there", "niemeyer", False),
+    ("+447911123456", "Nobody reads this", "#ops", "Nobody reads this", "niemeyer", False),
+    ("+447911123999", "#ops who am I", "#ops", "who am I", "+44 79** ***999", False),
+    ("+447911123456", "", "#ops", "", "niemeyer", False),
+    ("+447911123456", "   ", "#ops", "", "niemeyer", False),
+    ("+447911123456", "# lonely hash", "#ops", "# lonely hash", "niemeyer", False),
+]
+
+
+@pytest.mark.parametrize("sender, text, target, shown, who, noted", CASES)
+def test_routing_table(tmp_path, sender, text, target, shown, who, noted) -> None:
+    router, _ = make_router(tmp_path)
+    r = route(router, sender, text)
+    assert (r.target, r.text, r.sender, bool(r.note)) == (target, shown, who, noted)
+
+
+def test_masked_number_format(tmp_path) -> None:
+    router, _ = make_router(tmp_path)
+    assert route(router, "+447911123999", "hi").sender.endswith("999")
+    assert "1123" not in route(router, "+447911123999", "hi").sender
+
+
+def test_reply_goes_to_last_sender_within_window(tmp_path) -> None:
+    clock = Clock()
+    router, routes = make_router(tmp_path, clock=clock)
+    routes.record("+447911123456", "joe")
+    r = route(router, "+447911123456", "On my way")
+    assert (r.target, r.text, r.private) == ("joe", "On my way", True)
+    # An explicit address still wins over the reply route.
+    assert route(router, "+447911123456", "#ops On my way").target == "#ops"
+    clock.advance(12 * 3600 + 1)
+    assert route(router, "+447911123456", "On my way").target == "#ops"
+
+
+def test_unknown_sender_dropped_by_config_unless_someone_texted_them(tmp_path) -> None:
+    router, routes = make_router(tmp_path, unknown="drop")
+    assert route(router, "+447911123999", "#ops spam").dropped
+    routes.record("+447911123999", "joe")
+    r = route(router, "+447911123999", "thanks")
+    assert (r.target, r.sender) == ("joe", "+44 79** ***999")
+
+
+def test_directory_down_shows_masked_and_never_drops(tmp_path) -> None:
+    router, _ = make_router(tmp_path, unknown="drop", directory=FakeDirectory([], broken=True))
+    r = route(router, "+447911123456", "joe hi")
+    assert (r.target, r.sender, r.dropped) == ("#ops", "+44 79** ***456", False)
+
+
+def test_no_directory(tmp_path) -> None:
+    router, _ = make_router(tmp_path)
+    router.directory = None
+    assert route(router, "+447911123456", "alice hi").target == "alice"
+    assert route(router, "+447911123456", "joe hi").target == "#ops"
+
+
+def test_default_channel_falls_back_to_first_channel(tmp_path) -> None:
+    router = Router(channels=["#a", "#b"], default_channel="", unknown_senders="mask",
+                    region="", directory=None, routes=None, is_present=lambda n: False)
+    assert route(router, "+15555550100", "hello").target == "#a"
+    with pytest.raises(ValueError):
+        Router(channels=[], default_channel="", unknown_senders="mask", region="",
+               directory=None, routes=None, is_present=lambda n: False)
+
+
+def test_reply_routes_persist(tmp_path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ReplyRoutes(str(tmp_path), 60, clock).record("+447911123456", "joe")
+    again = ReplyRoutes(str(tmp_path), 60, clock)
+    assert again.lookup("+447911123456") == "joe"
+    clock.advance(61)
+    assert ReplyRoutes(str(tmp_path), 60, clock).lookup("+447911123456") is None
+
+
+def test_reply_routes_latest_sender_wins(tmp_path) -> None:
+    routes = ReplyRoutes(str(tmp_path), 60, Clock())
+    routes.record("+1", "joe")
+    routes.record("+1", "ann")
+    assert routes.lookup("+1") == "ann"
+
+
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"+1": 5}', '{"+1": ["joe"]}'])
+def test_reply_routes_unreadable_file_starts_afresh(tmp_path, content) -> None:
+    (tmp_path / FILENAME).write_text(content)
+    routes = ReplyRoutes(str(tmp_path), 60, Clock())
+    assert routes.lookup("+1") is None
+    routes.record("+1", "joe")
+    assert json.loads((tmp_path / FILENAME).read_text())["+1"][0] == "joe"
