@@ -1,0 +1,200 @@
+"""The README's first command, as a newcomer uses it: start the demo, join its IRC server,
+poke someone, send an SMS that reaches the fake SMSC, text the bot back, Ctrl-C, and nothing
+is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mup.testing.process import require_binary, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = [("/usr/sbin/ngircd", "ngircd"), ("/usr/sbin/bearerbox", "kannel"),
+           ("/usr/sbin/smsbox", "kannel"), ("/usr/lib/kannel/test/fakesmsc", "kannel-extras")]
+
+
+class LineClient:
+    """A blocking IRC client for the test: register, join, say, wait for a line."""
+
+    def __init__(self, port: int, nick: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.nick = nick
+        self.buf = b""
+        self.lines: list[str] = []
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :test")
+        self.wait_for(lambda line: f" 001 {nick} " in line, 10)
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def wait_for(self, match, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, line in enumerate(self.lines):
+                if match(line):
+                    del self.lines[: i + 1]
+                    return line
+            self.lines.clear()
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            self.buf += data
+            *complete, self.buf = self.buf.split(b"\r\n")
+            for raw in complete:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith("PING"):
+                    self.send("PONG" + line[4:])
+                self.lines.append(line)
+        raise AssertionError(f"no matching line within {timeout}s")
+
+    def close(self) -> None:
+        try:
+            self.send("QUIT")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below ``pid``: {pid: command name}."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        names[int(entry.name)] = name
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = names[child]
+                frontier.append(child)
+    return found
+
+
+def running_with(text: str) -> list[int]:
+    """PIDs of live processes whose command line mentions ``text`` (the demo's run dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """``demo/run`` in the background on free ports, the way a newcomer starts it."""
+    for path, package in SERVERS:
+        require_binary(path, package)
+    run_dir = tmp_path / "demo-run"
+    out = tmp_path / "demo.out"
+    env = dict(os.environ, MUP_DEMO_PYTHON=sys.executable)
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([str(ROOT / "demo" / "run"), "--no-setup", "--ports", "free",
+                                 "--run-dir", str(run_dir)],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: "The demo is ready." in out.read_text(), 45, "the demo to start",
+                 lambda: proc.poll() is None, interval=0.1)
+    except (RuntimeError, TimeoutError) as e:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        raise AssertionError(f"{e}\n--- demo output ---\n{out.read_text()[-4000:]}") from None
+    proc.run_dir = run_dir
+    proc.out = out
+    proc.ports = json.loads((run_dir / "ports.json").read_text())
+    yield proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def test_demo_end_to_end(demo):
+    children = descendants(demo.pid)
+    names = set(children.values())
+    for server in ("ngircd", "bearerbox", "smsbox", "fakesmsc"):
+        assert server in names, f"{server} not among the demo's processes: {names}"
+
+    irc = LineClient(demo.ports["irc"], "alice")
+    try:
+        irc.send("JOIN #demo")
+        irc.wait_for(lambda line: " 366 alice #demo " in line, 10)
+
+        irc.send("PRIVMSG #demo :@poke kenji")
+        reply = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG #demo" in line,
+                             10)
+        assert "alice: kenji is Kenji Tanaka" in reply
+        assert "<kenji@example.com>" in reply and "<mobile:+81 90 1234 5678>" in reply
+
+        irc.send("PRIVMSG #demo :@sms niemeyer Where are you? We're waiting!")
+        reply = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG #demo" in line,
+                             15)
+        assert "SMS is on the way!" in reply or "SMS queued" in reply, reply
+        phone_log = demo.run_dir / "phone.log"
+        wait_for(lambda: "Where are you? We're waiting!" in phone_log.read_text(), 15,
+                 "the SMS in the phone log")
+        sms = next(line for line in phone_log.read_text().splitlines() if "waiting" in line)
+        assert "+5511955551234" in sms and "#demo alice> Where are you?" in sms
+
+        texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
+                                 str(demo.run_dir), "--from", "+5511955551234",
+                                 "#demo on my way"], capture_output=True, text=True, timeout=10)
+        assert texted.returncode == 0, texted.stderr
+        line = irc.wait_for(lambda line: line.startswith(":mup!") and "on my way" in line, 20)
+        assert "PRIVMSG #demo :[SMS] <niemeyer> on my way" in line
+    finally:
+        irc.close()
+
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(30) == 0, demo.out.read_text()[-3000:]
+    left = {pid: name for pid, name in children.items() if alive(pid)}
+    assert not left, f"still running after Ctrl-C: {left}"
+    assert not running_with(str(demo.run_dir)), "a process still uses the demo's run dir"
+    assert not (demo.run_dir / "phone.fifo").exists()
+
+
+def test_text_says_when_no_demo_runs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
+                             str(tmp_path), "hello"], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1
+    assert "the demo is not running" in result.stderr
