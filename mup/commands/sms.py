@@ -1,0 +1,145 @@
+"""``sms <nick> <message>``: text a colleague's mobile from IRC, as a verified sender, in budget.
+
+The name in the SMS (``joe> text``, ``#chan joe> text`` in a channel) is the sender's directory
+nick, found through their services account, never the IRC nick, which anyone can take.  Where
+a network has no accounts, ``[sms] require_account = false`` trusts ``allowed_hostmasks``
+instead.  The text is counted in segments and refused, never cut, beyond ``max_segments``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import uuid
+from typing import Any, Callable, Sequence
+
+from twisted.logger import Logger
+
+from mup.commands import Command, Request, UsageError
+from mup.phone import InvalidNumber, mask_number, normalise
+from mup.segments import count
+
+__all__ = ["sms"]
+
+log = Logger()
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
+
+
+class _Refused(Exception):
+    """A reply that ends the command."""
+
+
+def sms(directory: Any, gateway: Any, quota: Any, config: Any,
+        on_sent: Callable[[str, str], None] | None = None, outbox: Any = None) -> Command:
+    """The ``sms`` command.
+
+    ``directory`` has ``by_nick``/``by_account`` returning Deferred[Person | None];
+    ``gateway`` is a :class:`mup.gateway.Gateway`; ``quota`` a :class:`mup.quota.Quota`;
+    ``on_sent(number_e164, requester_nick)`` is called once the gateway took an SMS;
+    ``outbox`` (:class:`mup.outbox.Outbox`) remembers it for delivery reports.
+    """
+    settings = config.section("sms")
+    require_account: bool = settings.require_account
+    hostmasks: Sequence[str] = [m.lower() for m in settings.allowed_hostmasks]
+    region: str = settings.default_region
+    max_segments: int = settings.max_segments
+
+    async def sender_of(request: Request) -> Any:
+        try:
+            if require_account:
+                if not request.account:
+                    raise _Refused(
+                        "You need to be logged in to a services account to send SMS: the "
+                        "message carries your name, and a nick alone proves nothing.")
+                person = await directory.by_account(request.account)
+                if person is None:
+                    raise _Refused(f"Your account {request.account} is not in the directory, "
+                                   "so I can't put your name on an SMS.")
+                return person
+            host = request.hostmask.lower()
+            if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
+                raise _Refused("You may not send SMS from here (your host is not on the "
+                               "allowed list).")
+            person = await directory.by_nick(request.nick)
+            if person is None:
+                raise _Refused(f"{request.nick} is not in the directory, so I can't put your "
+                               "name on an SMS.")
+            return person
+        except _Refused:
+            raise
+        except Exception as e:
+            raise _Refused(_directory_error(e)) from e
+
+    async def recipient_of(nick: str) -> Any:
+        try:
+            person = await directory.by_nick(nick)
+        except Exception as e:
+            raise _Refused(_directory_error(e)) from e
+        if person is None:
+            raise _Refused(f"I can't find {nick} in the directory.")
+        return person
+
+    async def run(request: Request) -> str:
+        target, _, message = request.args.partition(" ")
+        message = _CONTROL.sub(" ", message).strip()
+        if not target or not message:
+            raise UsageError("")
+        if not _NICK.match(target):
+            raise UsageError(f"{target!r} is not a nick.")
+        try:
+            sender = await sender_of(request)
+            recipient = await recipient_of(target)
+        except _Refused as e:
+            return str(e)
+        if not getattr(recipient, "mobile", ""):
+            return f"{recipient.nick} has no mobile number in the directory."
+        try:
+            number = normalise(recipient.mobile, region)
+        except InvalidNumber as e:
+            return (f"{recipient.nick}'s mobile number in the directory "
+                    f"({mask_number(recipient.mobile)}) can't be used: {e}.")
+        prefix = f"{request.channel} " if request.channel else ""
+        text = f"{prefix}{sender.nick}> {message}"
+        counted = count(text)
+        over = counted.over_by(max_segments)
+        if over:
+            return (f"That SMS is too long by {over} character{'s' if over > 1 else ''} "
+                    f"(at most {max_segments} SMS part{'s' if max_segments > 1 else ''}, "
+                    f"and '{prefix}{sender.nick}> ' counts).")
+        refusal = quota.reserve(sender.nick, counted.segments)
+        if refusal:
+            return refusal
+        reference = uuid.uuid4().hex
+        result = await gateway.send(number, text, reference)
+        if result.status == "failed":
+            quota.refund(sender.nick, counted.segments)
+            return f"SMS delivery failed: {result.reason}"
+        log.info("SMS {reference} from {sender} to {recipient} ({number}): {status}",
+                 reference=reference, sender=sender.nick, recipient=recipient.nick,
+                 number=mask_number(number), status=result.status)
+        if outbox is not None:
+            outbox.record(reference, gateway.name, result.message_id or reference,
+                          request.nick, recipient.nick)
+        if on_sent is not None:
+            try:
+                on_sent(number, request.nick)
+            except Exception:
+                log.failure("on_sent failed for SMS {reference}", reference=reference)
+        if result.status == "queued":
+            return "SMS queued by the gateway."
+        parts = max(result.segments, counted.segments)
+        return "SMS is on the way!" + (f" ({parts} parts)" if parts > 1 else "")
+
+    return Command("sms", "sms <nick> <message>",
+                   "Sends an SMS to someone's mobile from the directory, signed with your "
+                   "directory nick.", run, needs_account=True)
+
+
+def _directory_error(e: Exception) -> str:
+    message = getattr(e, "user_message", None)
+    if message:
+        return str(message)
+    log.failure("directory lookup failed", None)
+    return "The directory is not answering right now; try again soon."

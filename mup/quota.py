@@ -1,0 +1,177 @@
+"""How much SMS each sender, and everyone together, may send: counted in segments, kept on disk.
+
+Three limits, all configurable in ``[sms]``: a per-sender token bucket (``sender_burst`` segments
+at once, refilled at ``sender_rate`` per hour), a per-sender daily quota (``sender_daily``) and a
+global daily cap (``global_daily``); days are UTC.  The counters are written to
+``<[state] directory>/sms-quota.json`` after each change, so a restart does not reset them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mup.ratelimit import TokenBucket
+
+__all__ = ["Quota"]
+
+log = Logger()
+
+FILENAME = "sms-quota.json"
+
+
+def _day(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
+
+
+def _until_midnight(seconds: float) -> str:
+    hours, minutes = divmod(math.ceil((86400 - seconds % 86400) / 60), 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+class Quota:
+    """The SMS budget.  ``reserve`` before sending, ``refund`` if the gateway did not take it."""
+
+    def __init__(self, state_directory: str, clock: IReactorTime, sender_burst: int = 5,
+                 sender_rate: float = 10.0, sender_daily: int = 50, global_daily: int = 500
+                 ) -> None:
+        self._path = os.path.join(state_directory, FILENAME) if state_directory else ""
+        self._clock = clock
+        self.sender_burst = sender_burst
+        self.sender_rate = sender_rate / 3600.0
+        self.sender_daily = sender_daily
+        self.global_daily = global_daily
+        self._day = _day(clock.seconds())
+        self._global = 0
+        self._daily: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._load()
+
+    @classmethod
+    def from_config(cls, config: Any, clock: IReactorTime) -> Quota:
+        sms = config.section("sms")
+        return cls(config.resolve_path(config.section("state").directory), clock,
+                   sms.sender_burst, sms.sender_rate, sms.sender_daily, sms.global_daily)
+
+    # The budget.
+
+    def reserve(self, sender: str, segments: int) -> str | None:
+        """Take ``segments`` from ``sender``'s budget; None if allowed, else why not (a reply)."""
+        self._roll()
+        key = sender.lower()
+        if self.global_daily and self._global + segments > self.global_daily:
+            return (f"The SMS budget for everyone today ({self.global_daily} segments) is "
+                    f"spent; it resets in {_until_midnight(self._clock.seconds())} (midnight UTC).")
+        used = self._daily.get(key, 0)
+        if self.sender_daily and used + segments > self.sender_daily:
+            left = self.sender_daily - used
+            return (f"You have {left} of your {self.sender_daily} SMS segments left today and "
+                    f"this needs {segments}; it resets in "
+                    f"{_until_midnight(self._clock.seconds())} (midnight UTC).")
+        bucket = self._bucket(key)
+        if segments > self.sender_burst and self.sender_rate:
+            return (f"That needs {segments} segments, more than the {self.sender_burst} you may "
+                    "send at once.")
+        if not bucket.try_take(segments):
+            wait = bucket.delay(segments)
+            return (f"You are sending SMS too fast; try again in "
+                    f"{_human_seconds(wait)}.")
+        self._daily[key] = used + segments
+        self._global += segments
+        self._save()
+        return None
+
+    def refund(self, sender: str, segments: int) -> None:
+        """Give back what ``reserve`` took, for an SMS the gateway did not take."""
+        self._roll()
+        key = sender.lower()
+        if key in self._daily:
+            self._daily[key] = max(self._daily[key] - segments, 0)
+        self._global = max(self._global - segments, 0)
+        bucket = self._bucket(key)
+        self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
+                                         tokens=min(bucket.tokens + segments, self.sender_burst))
+        self._save()
+
+    def used(self, sender: str) -> int:
+        """Segments ``sender`` sent today."""
+        self._roll()
+        return self._daily.get(sender.lower(), 0)
+
+    @property
+    def used_globally(self) -> int:
+        self._roll()
+        return self._global
+
+    # Keeping it.
+
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate,
+                                                      self._clock)
+        return bucket
+
+    def _roll(self) -> None:
+        today = _day(self._clock.seconds())
+        if today != self._day:
+            self._day, self._global, self._daily = today, 0, {}
+
+    def _load(self) -> None:
+        if not self._path:
+            return
+        try:
+            with open(self._path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.error("SMS quota state {path} unreadable ({error}); starting with the "
+                      "budget spent until it is fixed", path=self._path, error=e)
+            self._global = self.global_daily or 10 ** 9
+            return
+        if data.get("day") == self._day:
+            self._global = int(data.get("global", 0))
+            self._daily = {str(k): int(v) for k, v in data.get("daily", {}).items()}
+        now = self._clock.seconds()
+        for key, (tokens, stamp) in data.get("buckets", {}).items():
+            self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
+                                             tokens=float(tokens), stamp=min(float(stamp), now))
+
+    def _save(self) -> None:
+        if not self._path:
+            return
+        now = self._clock.seconds()
+        buckets = {k: [b.tokens, now] for k, b in self._buckets.items()
+                   if b.tokens < self.sender_burst}
+        data = {"day": self._day, "global": self._global, "daily": self._daily,
+                "buckets": buckets, "written": time.time()}
+        directory = os.path.dirname(self._path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sms-quota.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+def _human_seconds(seconds: float) -> str:
+    seconds = max(int(seconds + 0.999), 1)
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{(seconds + 59) // 60} min"

@@ -1,0 +1,92 @@
+"""The SMS budget: per-sender bucket and daily quota, global daily cap, kept across restarts."""
+
+from twisted.internet.task import Clock
+
+from mup.quota import Quota
+
+MIDDAY = 1_800_000_000 - 1_800_000_000 % 86400 + 12 * 3600
+
+
+def clock_at(t=MIDDAY):
+    clock = Clock()
+    clock.advance(t)
+    return clock
+
+
+def make(tmp_path, clock, **kw):
+    settings = {"sender_burst": 5, "sender_rate": 10.0, "sender_daily": 50, "global_daily": 500}
+    settings.update(kw)
+    return Quota(str(tmp_path), clock, **settings)
+
+
+def test_burst_then_rate(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock)
+    assert q.reserve("joe", 3) is None
+    assert q.reserve("joe", 2) is None
+    assert "too fast; try again in 6 min" in q.reserve("joe", 1)
+    clock.advance(359)
+    assert q.reserve("joe", 1) is not None
+    clock.advance(1)
+    assert q.reserve("joe", 1) is None
+    assert q.reserve("ann", 5) is None  # per sender
+
+
+def test_restart_keeps_counters(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock, sender_daily=6, sender_burst=10)
+    assert q.reserve("Joe", 4) is None
+    assert q.reserve("ann", 2) is None
+    again = make(tmp_path, clock, sender_daily=6, sender_burst=10)
+    assert again.used("joe") == 4 and again.used_globally == 6
+    assert "2 of your 6 SMS segments left today" in again.reserve("joe", 3)
+    # The bucket is kept too: 4 of 10 taken, at 10/h.
+    third = make(tmp_path, clock, sender_daily=0, sender_burst=10)
+    assert third.reserve("joe", 6) is None
+    assert "too fast" in third.reserve("joe", 1)
+
+
+def test_new_day_resets(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock, sender_daily=2, sender_rate=0)
+    assert q.reserve("joe", 2) is None
+    reply = q.reserve("joe", 1)
+    assert "resets in 12 h (midnight UTC)" in reply
+    clock.advance(12 * 3600)
+    assert q.reserve("joe", 1) is None
+    # A restart on the new day does not bring yesterday back.
+    assert make(tmp_path, clock, sender_daily=2, sender_rate=0).used("joe") == 1
+
+
+def test_global_cap(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock, global_daily=7)
+    assert q.reserve("a", 5) is None
+    assert "budget for everyone today (7 segments) is spent" in q.reserve("b", 3)
+    assert q.reserve("b", 2) is None
+
+
+def test_refund(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock)
+    assert q.reserve("joe", 5) is None
+    q.refund("joe", 5)
+    assert q.used("joe") == 0 and q.used_globally == 0
+    assert q.reserve("joe", 5) is None
+
+
+def test_more_than_a_burst(tmp_path):
+    q = make(tmp_path, clock_at(), sender_burst=2)
+    assert "more than the 2 you may send at once" in q.reserve("joe", 3)
+
+
+def test_zero_means_no_limit(tmp_path):
+    q = make(tmp_path, clock_at(), sender_rate=0, sender_daily=0, global_daily=0)
+    for _ in range(100):
+        assert q.reserve("joe", 3) is None
+
+
+def test_unreadable_state_fails_closed(tmp_path):
+    (tmp_path / "sms-quota.json").write_text("{not json")
+    q = make(tmp_path, clock_at())
+    assert "budget for everyone" in q.reserve("joe", 1)

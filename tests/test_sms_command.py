@@ -1,0 +1,212 @@
+"""The sms command, table-driven, with a small in-test directory and the real Twilio gateway
+class talking to the local Twilio fake through StubTreq (no network, no wall clock)."""
+
+from dataclasses import dataclass
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from mup.commands import Commands, Request
+from mup.commands.sms import sms
+from mup.config import parse
+from mup.gateway import DeliveryReport
+from mup.gateways.twilio import TwilioGateway
+from mup.outbox import Outbox
+from mup.quota import Quota
+from mup.testing.fakes import FakeTwilio
+
+
+@dataclass(frozen=True)
+class Person:
+    nick: str
+    name: str = ""
+    mail: str = ""
+    phones: tuple = ()
+    mobile: str = ""
+    zone: str = ""
+
+
+class DirectoryError(Exception):
+    def __init__(self, user_message):
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class Directory:
+    """The directory API the command codes against: by_nick / by_account."""
+
+    def __init__(self, people, accounts):
+        self.people = {p.nick.lower(): p for p in people}
+        self.accounts = accounts
+        self.down = False
+
+    def by_nick(self, nick):
+        if self.down:
+            return defer.fail(DirectoryError("The directory is down; try again later."))
+        return defer.succeed(self.people.get(nick.lower()))
+
+    def by_account(self, account):
+        if self.down:
+            return defer.fail(DirectoryError("The directory is down; try again later."))
+        nick = self.accounts.get(account.lower())
+        return defer.succeed(self.people.get(nick) if nick else None)
+
+
+PEOPLE = [
+    Person("joe", "Joe Bloggs", mobile="+44 7911 111111"),
+    Person("niemeyer", "Gustavo Niemeyer", mobile="07911 123456"),
+    Person("nomobile", "No Mobile"),
+    Person("badnum", "Bad Number", mobile="+44 12"),
+    Person("mallory", "Mallory", mobile="+44 7911 999999"),
+]
+ACCOUNTS = {"joe": "joe", "mallory": "mallory", "ghost": ""}
+
+
+class World:
+    def __init__(self, tmp_path, **sms_config):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)  # a fixed day, mid-morning UTC... any fixed time
+        self.fake = FakeTwilio()
+        self.gateway = TwilioGateway(StubTreq(self.fake), self.clock, self.fake.account_sid,
+                                     self.fake.auth_token, sender="+15005550006")
+        self.config = parse({"sms": {"gateway": "twilio", "default_region": "GB",
+                                     **sms_config},
+                             "state": {"directory": str(tmp_path)}})
+        self.directory = Directory(PEOPLE, ACCOUNTS)
+        self.quota = Quota.from_config(self.config, self.clock)
+        self.outbox = Outbox.from_config(self.config, self.clock)
+        self.sent = []
+        self.commands = Commands([sms(self.directory, self.gateway, self.quota, self.config,
+                                      on_sent=lambda n, r: self.sent.append((n, r)),
+                                      outbox=self.outbox)])
+
+    def say(self, args, nick="joe", account="joe", channel=None, host="joe!j@staff.example.com"):
+        d = self.commands.run("sms", Request(nick, args, channel, host, account))
+        lines = []
+        d.addCallback(lines.extend)
+        assert d.called
+        return " ".join(lines)
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(tmp_path)
+
+
+def test_sends_signed_with_directory_nick(world):
+    assert world.say("niemeyer Where are you? We're waiting!") == "SMS is on the way!"
+    [message] = world.fake.messages
+    assert message["to"] == "+447911123456"
+    assert message["body"] == "joe> Where are you? We're waiting!"
+    assert world.sent == [("+447911123456", "joe")]
+    assert world.quota.used("joe") == 1
+
+
+def test_channel_prefix(world):
+    assert world.say("niemeyer hi", channel="#dev") == "SMS is on the way!"
+    assert world.fake.messages[0]["body"] == "#dev joe> hi"
+
+
+def test_parts_mentioned(world):
+    assert world.say("niemeyer " + "a" * 200) == "SMS is on the way! (2 parts)"
+    assert world.quota.used("joe") == 2
+
+
+REFUSALS = [
+    # args, nick, account, expected reply (substring)
+    ("niemeyer hi", "joe", None, "logged in to a services account"),
+    # Someone took the nick joe but is logged in as mallory: signed mallory, never joe.
+    ("nobody hi", "joe", "mallory", "can't find nobody in the directory"),
+    ("niemeyer hi", "joe", "ghost", "account ghost is not in the directory"),
+    ("nomobile hi", "joe", "joe", "nomobile has no mobile number"),
+    ("badnum hi", "joe", "joe", "badnum's mobile number in the directory (+44 12) can't be "
+                                "used: it is not a valid phone number"),
+    ("niemeyer " + "a" * 460, "joe", "joe", "too long by 6 characters"),
+    ("niemeyer " + "ж" * 200, "joe", "joe", "too long by 4 characters"),
+]
+
+
+@pytest.mark.parametrize("args,nick,account,reply", REFUSALS)
+def test_refusals(world, args, nick, account, reply):
+    assert reply in world.say(args, nick=nick, account=account)
+    assert world.fake.messages == [] and world.sent == []
+    assert world.quota.used("joe") == 0
+
+
+def test_nick_taken_by_someone_else_signs_with_their_own_name(world):
+    world.say("niemeyer hi", nick="joe", account="mallory")
+    assert world.fake.messages[0]["body"] == "mallory> hi"
+
+
+def test_exact_fit_is_sent(world):
+    # 3 parts of 153 = 459 septets, "joe> " included.
+    assert world.say("niemeyer " + "a" * 454) == "SMS is on the way! (3 parts)"
+
+
+def test_usage(world):
+    assert world.say("niemeyer").startswith("Usage: sms <nick> <message>")
+    assert world.say("").startswith("Usage:")
+
+
+def test_control_characters_removed(world):
+    world.say("niemeyer \x02bold\x02 and\r\nmore")
+    assert world.fake.messages[0]["body"] == "joe> bold  and  more"
+
+
+def test_directory_error_shown(world):
+    world.directory.down = True
+    assert world.say("niemeyer hi") == "The directory is down; try again later."
+
+
+def test_gateway_failure_refunds(world):
+    world.fake.opted_out.add("+447911123456")
+    reply = world.say("niemeyer hi")
+    assert reply.startswith("SMS delivery failed: the recipient has opted out")
+    assert world.quota.used("joe") == 0 and world.sent == []
+
+
+def test_over_limit(world):
+    for _ in range(5):
+        assert world.say("niemeyer hi") == "SMS is on the way!"
+    assert "too fast; try again in 6 min" in world.say("niemeyer hi")
+    world.clock.advance(360)
+    assert world.say("niemeyer hi") == "SMS is on the way!"
+
+
+def test_daily_quota(tmp_path):
+    world = World(tmp_path, sender_daily=3, sender_burst=10)
+    for _ in range(3):
+        assert world.say("niemeyer hi") == "SMS is on the way!"
+    assert "0 of your 3 SMS segments left today" in world.say("niemeyer hi")
+    # Someone else still may.
+    assert world.say("niemeyer hi", nick="mallory", account="mallory") == "SMS is on the way!"
+
+
+def test_hostmask_mode(tmp_path):
+    world = World(tmp_path, require_account=False, allowed_hostmasks=["*!*@STAFF.example.com"])
+    assert world.say("niemeyer hi", account=None) == "SMS is on the way!"
+    assert world.fake.messages[0]["body"] == "joe> hi"
+    assert "not on the allowed list" in world.say("niemeyer hi", account=None,
+                                                   host="joe!j@evil.example.net")
+    assert "nobody is not in the directory" in world.say("niemeyer hi", nick="nobody",
+                                                         account=None,
+                                                         host="nobody!n@staff.example.com")
+
+
+def test_delivery_report_reaches_sender(world):
+    world.say("niemeyer hi", nick="joe_", account="joe")
+    sid = world.fake.messages[0]["sid"]
+    assert world.outbox.report(DeliveryReport("twilio", sid, "pending")) is None
+    assert world.outbox.report(DeliveryReport("twilio", sid, "delivered")) == (
+        "joe_", "SMS to niemeyer delivered.")
+    assert world.outbox.report(DeliveryReport("twilio", sid, "delivered")) is None
+
+
+def test_failed_report_survives_restart(world, tmp_path):
+    world.say("niemeyer hi")
+    sid = world.fake.messages[0]["sid"]
+    outbox = Outbox(str(tmp_path), world.clock)
+    assert outbox.report(DeliveryReport("twilio", sid, "failed", "Twilio error 30005\r\nx")) == (
+        "joe", "SMS to niemeyer could not be delivered: Twilio error 30005 x")
