@@ -1,0 +1,138 @@
+"""Run a real ``twistd mup-relay`` as a child process, and post to it as Kannel would.
+
+Used by the relay's process tests, ``bench/relay.py`` and the demo."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+from mup.testing.process import ServerProcess, free_port, twistd_argv
+
+__all__ = ["KannelPoster", "RelayProcess"]
+
+
+class RelayProcess:
+    """``twistd -n mup-relay`` on 127.0.0.1, its journal in ``directory``; ``start()`` again
+    after ``kill()`` reuses the journal and the port, as an operator's restart would."""
+
+    def __init__(self, directory: Path, *, token: str = "relay-token",
+                 kannel_token: str = "kannel-token", poll_timeout: float = 30.0,
+                 port: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.token = token
+        self.kannel_token = kannel_token
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = self.directory / "relay.toml"
+        self.config.write_text(
+            "[webhook]\n"
+            f'endpoint = "tcp:port={self.port}:interface=127.0.0.1"\n'
+            f'journal = "{self.directory / "journal"}"\n'
+            "[sms.kannel]\n"
+            f'inbound_token = "{kannel_token}"\n'
+            "[relay]\n"
+            f'token = "{token}"\n'
+            f"poll_timeout = {float(poll_timeout)}\n"
+            "[log]\n"
+            'level = "info"\n')
+        self.process: ServerProcess | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 20.0) -> RelayProcess:
+        self.starts += 1
+        log = self.directory / f"relay-{self.starts}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = ServerProcess(
+            twistd_argv("-n", "--pidfile=", "mup-relay", "--config", str(self.config)),
+            log, cwd=self.directory, env=env)
+        self.process.wait_for_port(self.port, timeout)
+        return self
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.stop()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def output(self) -> str:
+        return "".join((self.directory / f"relay-{i}.log").read_text(errors="replace")
+                       for i in range(1, self.starts + 1))
+
+    def health(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def poster(self) -> KannelPoster:
+        return KannelPoster("127.0.0.1", self.port, self.kannel_token)
+
+
+class KannelPoster:
+    """Posts MO SMS the way Kannel's get-url does (``GET /kannel/mo?...&token=``), on one
+    keep-alive connection; ``post_many`` uses several at once."""
+
+    def __init__(self, host: str, port: int, token: str, timeout: float = 10.0) -> None:
+        self.host, self.port, self.token, self.timeout = host, port, token, timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, message_id: str, text: str, sender: str = "+447700900123") -> int:
+        """The HTTP status (200 once it is on the relay's disk)."""
+        query = urllib.parse.urlencode({
+            "from": sender, "to": "4242", "text": text, "id": message_id,
+            "coding": "0", "charset": "UTF-8", "token": self.token})
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout)
+            try:
+                self._conn.request("GET", f"/kannel/mo?{query}")
+                response = self._conn.getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def post_many(self, messages: Iterable[tuple[str, str]], connections: int = 16
+                  ) -> list[int]:
+        """Post ``(id, text)`` pairs over ``connections`` keep-alive connections; statuses in
+        the given order (the relay's order among concurrent posts is its accept order)."""
+        items = list(messages)
+        chunks = [items[i::connections] for i in range(connections)]
+
+        def run(chunk: list[tuple[str, str]]) -> list[int]:
+            poster = KannelPoster(self.host, self.port, self.token, self.timeout)
+            try:
+                return [poster.post(i, t) for i, t in chunk]
+            finally:
+                poster.close()
+
+        with ThreadPoolExecutor(connections) as pool:
+            results = list(pool.map(run, chunks))
+        out = [0] * len(items)
+        for c, statuses in enumerate(results):
+            for j, status in enumerate(statuses):
+                out[c + j * connections] = status
+        return out
