@@ -124,11 +124,15 @@ class RelayPuller(Service):
                 continue
             try:
                 messages = await self._pull()
+                if messages:
+                    await self._take(messages)
             except _RelayTrouble as e:
                 await self._backoff(str(e))
-                continue
-            if messages:
-                await self._take(messages)
+            except CancelledError:
+                raise
+            except Exception:
+                self.log.failure("relay: pulling failed; trying again")
+                await self._sleep(self._max_delay / 4)
 
     async def _pull(self) -> list[dict[str, Any]]:
         params = {"cursor": self.cursor, "timeout": f"{self.poll_timeout:g}",
