@@ -179,6 +179,9 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 check=_positive),
             Key("max_in_flight", int, 16, "Queries in flight at once; beyond it users are asked "
                 "to try again soon.", check=_positive),
+            Key("reconnect_max_delay", float, 10.0, "Longest wait, in seconds, between attempts "
+                "to reconnect to the LDAP server (exponential backoff from 0.1 s).",
+                check=_positive),
         ],
     ),
     "sms": (

@@ -26,6 +26,17 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     top = MultiService()
     commands = Commands([echo()])
     # Slots: each part adds itself below (directory, gateway, sms, journal, webhook, relay).
+    # Directory: LDAP server or embedded LDIF ([ldap]); None when neither is configured.
+    from mup.commands.poke import poke
+    from mup.ldap import directory_from_config
+
+    directory = None
+    found = directory_from_config(config, reactor)
+    if found is not None:
+        directory, directory_service = found
+        if directory_service is not None:
+            directory_service.setServiceParent(top)
+        commands.add(poke(directory, reactor))
     from mup.irc import IRCService
 
     irc = IRCService(config, commands, reactor)

@@ -1,0 +1,621 @@
+"""The company directory: an LDAP server through ldaptor, or an LDIF file served in-process.
+
+One code path serves both.  :class:`LDAPDirectory` keeps one bound ldaptor connection open
+through a :class:`~twisted.application.internet.ClientService` (so it reconnects by itself), times
+every operation out and bounds the queries in flight.  For ``ldif = ...`` the same class connects,
+through an in-memory loopback instead of TCP, to ldaptor's own LDAP server answering from the
+LDIF loaded into ldaptor's in-memory tree: the filters, the wire protocol and the result
+handling are the very ones used against a real server.
+
+Every value a user types is placed in a filter *object* (never pasted into filter text), so no
+input can change the filter's structure; the text form, for logs, escapes per RFC 4515.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from ldaptor import interfaces
+from ldaptor.attributeset import LDAPAttributeSet
+from ldaptor.inmemory import InMemoryLDIFProtocol, ReadOnlyInMemoryLDAPEntry
+from ldaptor.protocols import pureldap
+from ldaptor.protocols.ldap import ldaperrors
+from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLostException
+from ldaptor.protocols.ldap.ldapserver import LDAPServer
+from twisted.application.internet import ClientService
+from twisted.application.service import IService, Service
+from twisted.internet import defer, error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.loopback import loopbackAsync
+from twisted.python.components import registerAdapter
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mup.config import Config, ConfigError
+from mup.people import Attributes, Person, digits, person_from_attributes, sanitize_value
+
+__all__ = ["SLUGGISH", "UNAVAILABLE", "Directory", "DirectoryError", "LDAPDirectory",
+           "PHONE_QUERY", "attributes_from_config", "directory_from_config", "embedded_directory",
+           "escape_filter_value", "load_ldif", "query_filter", "sanitize_value"]
+
+log = Logger()
+
+UNAVAILABLE = "The directory is unavailable right now."
+SLUGGISH = "The directory is a bit sluggish right now. Please try again soon."
+
+PHONE_QUERY = re.compile(r"^\+?[0-9 -]{2,}$")
+"""A poke query that looks like (part of) a phone number."""
+
+_PHONE_SUFFIX = 8
+"""by_phone matches numbers whose digits agree on at least this many trailing digits (so
+``+55 11 5555 1234`` and ``011 5555 1234`` are the same number)."""
+
+
+class DirectoryError(Exception):
+    """The directory could not answer; ``user_message`` is what a user is told."""
+
+    def __init__(self, detail: str, user_message: str = UNAVAILABLE) -> None:
+        super().__init__(detail)
+        self.user_message = user_message
+
+
+class Directory(Protocol):
+    """What the rest of mup asks the directory; both implementations answer it."""
+
+    def search(self, query: str) -> Deferred[list[Person]]:
+        """poke semantics: a phone-like query matches phone digits; otherwise an exact nick
+        wins, else a case-insensitive substring of the full name."""
+
+    def by_nick(self, nick: str) -> Deferred[Person | None]: ...
+
+    def by_account(self, account: str) -> Deferred[Person | None]: ...
+
+    def by_phone(self, number: str) -> Deferred[Person | None]: ...
+
+
+# --- Filters ---------------------------------------------------------------------------------
+
+def escape_filter_value(value: str) -> str:
+    """RFC 4515 escaping for filter text: ``*``, ``(``, ``)``, ``\\``, NUL and every non-ASCII
+    byte of the UTF-8 encoding become ``\\XX`` (ldaptor's escape, plus non-ASCII)."""
+    escaped = pureldap.escape(value)
+    return "".join(c if ord(c) < 0x80 else "".join(f"\\{b:02x}" for b in c.encode("utf-8"))
+                   for c in escaped)
+
+
+def _equals(attr: str, value: str) -> pureldap.LDAPFilter:
+    return pureldap.LDAPFilter_equalityMatch(
+        attributeDesc=pureldap.LDAPAttributeDescription(attr),
+        assertionValue=pureldap.LDAPAssertionValue(value), escaper=escape_filter_value)
+
+
+def _substrings(attr: str, pieces: list[str]) -> pureldap.LDAPFilter:
+    """``attr=*p1*p2*...*``."""
+    return pureldap.LDAPFilter_substrings(
+        type=attr, substrings=[pureldap.LDAPFilter_substrings_any(p, escaper=escape_filter_value)
+                               for p in pieces])
+
+
+def _any_of(filters: list[pureldap.LDAPFilter]) -> pureldap.LDAPFilter:
+    return filters[0] if len(filters) == 1 else pureldap.LDAPFilter_or(filters)
+
+
+def _digits_filter(wanted: str, names: Attributes) -> pureldap.LDAPFilter:
+    """Entries with these digits, in order, in any phone attribute.  Separators (spaces,
+    dashes, parentheses, dots) may sit anywhere between them, so the server returns a superset
+    that :func:`_has_digits` narrows to contiguous digits."""
+    return _any_of([_substrings(attr, list(wanted)) for _, attr in names.phone_attributes()])
+
+
+def query_filter(query: str, names: Attributes) -> pureldap.LDAPFilter:
+    """The filter behind ``poke <query>`` (see :meth:`LDAPDirectory.search`)."""
+    if PHONE_QUERY.match(query):
+        return _digits_filter(digits(query), names)
+    return _any_of([_equals(names.nick, query), _substrings(names.name, [query])])
+
+
+def _has_digits(person: Person, wanted: str) -> bool:
+    return any(wanted in digits(value) for _, value in person.phones)
+
+
+def _same_number(a: str, b: str) -> bool:
+    a, b = a.lstrip("0"), b.lstrip("0")
+    if len(a) > len(b):
+        a, b = b, a
+    return a == b or (len(a) >= _PHONE_SUFFIX and b.endswith(a))
+
+
+# --- The connection --------------------------------------------------------------------------
+
+class _Connection(LDAPClient):
+    """One LDAP connection; :meth:`query` runs a search that can be cancelled (abandoned)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+
+    def query(self, request: pureldap.LDAPSearchRequest) -> Deferred[list[Any]]:
+        """Fires with the result entries; errbacks with an LDAP error; cancelling it sends an
+        abandon so the server can drop the work."""
+        msg = self._send(request)  # raises LDAPClientConnectionLostException when closed
+        entries: list[Any] = []
+
+        def cancel(d: Deferred) -> None:
+            if self.onwire.pop(msg.id, None) is not None and self.connected:
+                self.send_noResponse(pureldap.LDAPAbandonRequest(id=msg.id))
+
+        d: Deferred[list[Any]] = Deferred(cancel)
+
+        def handle(response: Any) -> bool:
+            if isinstance(response, pureldap.LDAPSearchResultEntry):
+                entries.append(response)
+                return False
+            if isinstance(response, pureldap.LDAPSearchResultReference):
+                return False
+            code = getattr(response, "resultCode", None)
+            if code in (ldaperrors.Success.resultCode,
+                        ldaperrors.LDAPSizeLimitExceeded.resultCode):
+                d.callback(entries)
+            else:
+                d.errback(ldaperrors.get(code, getattr(response, "errorMessage", "")))
+            return True
+
+        self.onwire[msg.id] = (d, False, handle, (), {})
+        self.transport.write(msg.toWire())
+        return d
+
+
+class _ConnectionFactory(Factory):
+    protocol = _Connection
+
+
+@dataclass(frozen=True)
+class _Settings:
+    base_dn: str
+    bind_dn: str = ""
+    bind_password: str = ""
+    timeout: float = 5.0
+    max_in_flight: int = 16
+    reconnect_max_delay: float = 10.0
+
+
+class LDAPDirectory(Service):
+    """The directory over one reused, bound LDAP connection that reconnects by itself."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, reactor: Any, names: Attributes,
+                 base_dn: str, *, bind_dn: str = "", bind_password: str = "",
+                 timeout: float = 5.0, max_in_flight: int = 16,
+                 reconnect_max_delay: float = 10.0, start_tls: Any = None,
+                 description: str = "the directory") -> None:
+        self.names = names
+        self._settings = _Settings(base_dn, bind_dn, bind_password, timeout, max_in_flight,
+                                   reconnect_max_delay)
+        self._reactor = reactor
+        self._start_tls = start_tls
+        self._description = description
+        self._in_flight = 0
+        self._down = False
+        self._last_error = "not connected yet"
+        self._client = ClientService(endpoint, _ConnectionFactory(), retryPolicy=self._retry,
+                                     clock=reactor, prepareConnection=self._prepare)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _retry(self, attempt: int) -> float:
+        delay = min(0.1 * 2 ** attempt, self._settings.reconnect_max_delay)
+        return delay * (1 + 0.2 * random.random())
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._client.stopService()
+
+    async def _prepare(self, connection: _Connection) -> None:
+        """StartTLS and bind on every new connection, before any query uses it."""
+        try:
+            if self._start_tls is not None:
+                await connection.startTLS(self._start_tls)
+            if self._settings.bind_dn:
+                await connection.bind(self._settings.bind_dn, self._settings.bind_password)
+        except Exception as e:
+            reason = _describe(e)
+            if self._last_error != reason or not self._down:
+                log.error("Cannot use {where}: {reason}", where=self._description, reason=reason)
+            self._last_error = reason
+            self._down = True
+            raise
+        if self._down:
+            log.info("{where} is reachable again", where=self._description)
+        self._down = False
+
+    async def _connection(self, deadline: float) -> _Connection:
+        d = self._client.whenConnected(failAfterFailures=1)
+        if not d.called and self._down:
+            d.cancel()
+            d.addErrback(lambda _: None)
+            raise DirectoryError(f"{self._description} is unreachable: {self._last_error}")
+        d.addTimeout(max(deadline - self._reactor.seconds(), 0), self._reactor)
+        try:
+            return await d
+        except defer.TimeoutError:
+            raise DirectoryError(f"could not connect to {self._description} within "
+                                 f"{self._settings.timeout:g}s") from None
+        except CancelledError:
+            raise DirectoryError(f"{self._description} is stopped") from None
+        except Exception as e:
+            reason = _describe(e)
+            if not self._down:
+                log.warn("{where} is unreachable: {reason}", where=self._description,
+                         reason=reason)
+            self._down = True
+            self._last_error = reason
+            raise DirectoryError(f"{self._description} is unreachable: {reason}") from None
+
+    async def _search(self, filt: pureldap.LDAPFilter) -> list[Person]:
+        if self._in_flight >= self._settings.max_in_flight:
+            raise DirectoryError(f"{self._in_flight} queries in flight already", SLUGGISH)
+        self._in_flight += 1
+        try:
+            deadline = self._reactor.seconds() + self._settings.timeout
+            connection = await self._connection(deadline)
+            request = pureldap.LDAPSearchRequest(
+                baseObject=self._settings.base_dn, scope=pureldap.LDAP_SCOPE_wholeSubtree,
+                derefAliases=pureldap.LDAP_DEREF_neverDerefAliases, sizeLimit=0,
+                timeLimit=math.ceil(self._settings.timeout), typesOnly=0, filter=filt,
+                attributes=self.names.wanted())
+            try:
+                d = connection.query(request)
+            except LDAPClientConnectionLostException:
+                raise DirectoryError(f"lost the connection to {self._description}") from None
+            d.addTimeout(max(deadline - self._reactor.seconds(), 0), self._reactor)
+            try:
+                entries = await d
+            except defer.TimeoutError:
+                log.warn("{where} did not answer {filter} within {timeout}s",
+                         where=self._description, filter=filt.asText(),
+                         timeout=self._settings.timeout)
+                raise DirectoryError("query timed out", SLUGGISH) from None
+            except ldaperrors.LDAPException as e:
+                log.error("{where} refused {filter}: {reason}", where=self._description,
+                          filter=filt.asText(), reason=_describe(e))
+                raise DirectoryError(_describe(e)) from None
+            except Exception as e:
+                raise DirectoryError(f"lost the connection to {self._description}: "
+                                     f"{_describe(e)}") from None
+        finally:
+            self._in_flight -= 1
+        people = [person_from_attributes(dict(e.attributes), self.names) for e in entries]
+        return sorted(people, key=lambda p: (p.nick.casefold(), p.name.casefold()))
+
+    # --- The Directory API ---
+
+    def search(self, query: str) -> Deferred[list[Person]]:
+        return Deferred.fromCoroutine(self._poke(query.strip()))
+
+    async def _poke(self, query: str) -> list[Person]:
+        if not query:
+            return []
+        if PHONE_QUERY.match(query):
+            wanted = digits(query)
+            return [p for p in await self._search(query_filter(query, self.names))
+                    if _has_digits(p, wanted)]
+        people = await self._search(query_filter(query, self.names))
+        exact = [p for p in people if p.nick.casefold() == query.casefold()]
+        return exact or people
+
+    def by_nick(self, nick: str) -> Deferred[Person | None]:
+        return Deferred.fromCoroutine(self._by(self.names.nick, nick))
+
+    def by_account(self, account: str) -> Deferred[Person | None]:
+        return Deferred.fromCoroutine(self._by(self.names.account_or_nick, account))
+
+    async def _by(self, attr: str, value: str) -> Person | None:
+        if not value:
+            return None
+        people = await self._search(_equals(attr, value))
+        return people[0] if people else None
+
+    def by_phone(self, number: str) -> Deferred[Person | None]:
+        return Deferred.fromCoroutine(self._by_phone(number))
+
+    async def _by_phone(self, number: str) -> Person | None:
+        wanted = digits(number).lstrip("0")
+        if len(wanted) < 2:
+            return None
+        people = await self._search(_digits_filter(wanted[-_PHONE_SUFFIX:], self.names))
+        for kinds in (("mobile",), None):  # a mobile match first: SMS come from mobiles
+            for person in people:
+                if any(_same_number(digits(value), wanted) for kind, value in person.phones
+                       if kinds is None or kind in kinds):
+                    return person
+        return None
+
+
+def _describe(e: BaseException | Failure) -> str:
+    if isinstance(e, Failure):
+        e = e.value
+    if isinstance(e, ldaperrors.LDAPException):
+        name = getattr(e, "name", b"")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        message = getattr(e, "message", "")
+        message = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        return f"{name or type(e).__name__}{': ' + message if message else ''}"
+    if isinstance(e, error.ConnectError):
+        return e.osError and str(e.osError) or str(e)
+    return str(e) or type(e).__name__
+
+
+# --- The embedded directory ------------------------------------------------------------------
+
+class _OrderedValues(LDAPAttributeSet):
+    """ldaptor's attribute set (a ``set``) that also keeps the file's order of values, so the
+    "first mobile" is the same one slapd would answer with."""
+
+    def __init__(self, key: Any, values: Any = ()) -> None:
+        values = list(values)
+        super().__init__(key, values)
+        self._order = list(dict.fromkeys(values))
+
+    def __iter__(self) -> Any:
+        return iter([v for v in self._order if set.__contains__(self, v)]
+                    + [v for v in set.__iter__(self) if v not in self._order])
+
+    def add(self, value: Any) -> None:
+        super().add(value)
+        if value not in self._order:
+            self._order.append(value)
+
+
+class _Entry(ReadOnlyInMemoryLDAPEntry):
+    """An in-memory entry that matches like OpenLDAP's directory strings: equality and
+    substrings compare Unicode case-insensitively (ldaptor's own match lowers bytes only)."""
+
+    def buildAttributeSet(self, key: Any, values: Any) -> LDAPAttributeSet:
+        return _OrderedValues(key, values)
+
+    def match(self, filter: Any) -> bool:
+        if isinstance(filter, pureldap.LDAPFilter_equalityMatch):
+            wanted = _fold(filter.assertionValue.value)
+            return any(_fold(v) == wanted for v in self._values(filter.attributeDesc.value))
+        if isinstance(filter, pureldap.LDAPFilter_substrings):
+            return any(_substrings_match(_fold(v), filter.substrings)
+                       for v in self._values(filter.type))
+        if isinstance(filter, (pureldap.LDAPFilter_and, pureldap.LDAPFilter_or)):
+            results = (self.match(f) for f in filter)
+            return any(results) if isinstance(filter, pureldap.LDAPFilter_or) else all(results)
+        if isinstance(filter, pureldap.LDAPFilter_not):
+            return not self.match(filter.value)
+        return super().match(filter)
+
+    def _values(self, attr: Any) -> list[Any]:
+        attr = attr.decode("utf-8", "replace") if isinstance(attr, bytes) else attr
+        return list(self.get(attr, []))
+
+
+def _fold(value: Any) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return " ".join(text.split()).casefold()
+
+
+def _substrings_match(value: str, pieces: list[Any]) -> bool:
+    position = 0
+    for piece in pieces:
+        part = _fold(piece.value)
+        if isinstance(piece, pureldap.LDAPFilter_substrings_initial):
+            if not value.startswith(part):
+                return False
+            position = len(part)
+        elif isinstance(piece, pureldap.LDAPFilter_substrings_final):
+            return value.endswith(part) and len(value) - len(part) >= position
+        else:
+            found = value.find(part, position)
+            if found < 0:
+                return False
+            position = found + len(part)
+    return True
+
+
+class _LDIFLoader(InMemoryLDIFProtocol):
+    """ldaptor's LDIF loader, counting lines so every error names one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line = 0
+        """The line being read."""
+        self.error_line = 0
+        """The first line of the logical line ldaptor is parsing (it parses one line late)."""
+        self.entry_lines: dict[int, int] = {}
+        self._pending = 0
+        self._dn_lines: list[int] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.line += 1
+        if line.startswith(b" "):
+            self.error_line = self.line
+        else:
+            self.error_line = self._pending or self.line
+            self._pending = self.line if line else 0
+            if line[:3].lower() == b"dn:":
+                self._dn_lines.append(self.line)
+        super().lineReceived(line)
+
+    def gotEntry(self, entry: Any) -> None:
+        self.entry_lines[id(entry)] = self._dn_lines.pop(0) if self._dn_lines else self.line
+        if self.db is None:
+            self.db = _Entry(dn=entry.dn, attributes=entry)
+            self._deferred.callback(self.db)
+        else:
+            self._deferred.addCallback(self._addEntry, entry)
+
+    def lookupFailed(self, reason: Failure, entry: Any) -> Failure:
+        return Failure(ValueError(f"line {self.entry_lines.get(id(entry), '?')}: the parent of "
+                                  f"{entry.dn.getText()!r} is not in the file (parents come "
+                                  f"first; the first entry is the root)"))
+
+    def addFailed(self, reason: Failure, entry: Any) -> Failure:
+        if isinstance(reason.value, ValueError):
+            return reason
+        return Failure(ValueError(f"line {self.entry_lines.get(id(entry), '?')}: cannot add "
+                                  f"{entry.dn.getText()!r}: {_describe(reason)}"))
+
+
+def load_ldif(path: str) -> ReadOnlyInMemoryLDAPEntry:
+    """Load an LDIF file into ldaptor's in-memory tree; :class:`ValueError` naming the line."""
+    with open(path, "rb") as f:
+        data = f.read().replace(b"\r\n", b"\n")
+    loader = _LDIFLoader()
+    try:
+        # Feed line by line so that a parse error is raised with the loader on that line.
+        for line in data.splitlines(keepends=True):
+            loader.dataReceived(line)
+        if not data.endswith(b"\n"):
+            loader.dataReceived(b"\n")
+        loader.dataReceived(b"\n")  # a last blank line ends the last entry
+        loader.connectionLost(Failure(error.ConnectionDone()))
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"line {loader.error_line}: {e}") from None
+    results: list[Any] = []
+    loader.completed.addBoth(results.append)
+    if not results:
+        raise ValueError("the file did not finish loading")  # pragma: no cover
+    if isinstance(results[0], Failure):
+        raise results[0].value if isinstance(results[0].value, ValueError) else ValueError(
+            _describe(results[0]))
+    if results[0] is None:
+        raise ValueError("no entries in the file")
+    return results[0]
+
+
+class _Tree:
+    """What ldaptor's LDAPServer adapts to IConnectedLDAPEntry: the tree it answers from."""
+
+    def __init__(self, root: ReadOnlyInMemoryLDAPEntry) -> None:
+        self.root = root
+
+
+registerAdapter(lambda tree: tree.root, _Tree, interfaces.IConnectedLDAPEntry)
+
+
+@implementer(IStreamClientEndpoint)
+class _LoopbackEndpoint:
+    """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory."""
+
+    def __init__(self, tree: _Tree) -> None:
+        self._tree = tree
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        server = LDAPServer()
+        server.factory = self._tree
+        client = factory.buildProtocol(None)
+        if client is None:
+            return defer.fail(error.ConnectionRefusedError("factory refused the connection"))
+        loopbackAsync(server, client)
+        return defer.succeed(client)
+
+
+def embedded_directory(path: str, reactor: Any, names: Attributes, base_dn: str,
+                       **options: Any) -> LDAPDirectory:
+    """An :class:`LDAPDirectory` answering from the LDIF file at ``path``."""
+    root = load_ldif(path)
+    found: list[Any] = []
+    root.lookup(base_dn).addBoth(found.append)
+    if not found or isinstance(found[0], Failure):
+        raise ValueError(f"base_dn {base_dn!r} is not in the file (its root is "
+                         f"{root.dn.getText()!r})")
+    return LDAPDirectory(_LoopbackEndpoint(_Tree(root)), reactor, names, base_dn,
+                         description=f"the embedded directory {path}", **options)
+
+
+# --- From the config -------------------------------------------------------------------------
+
+def attributes_from_config(section: Any) -> Attributes:
+    return Attributes(
+        nick=section.nick_attribute, account=section.account_attribute,
+        name=section.name_attribute, mail=section.mail_attribute,
+        phone=section.phone_attribute, mobile=section.mobile_attribute,
+        home=section.home_attribute, voip=section.voip_attribute,
+        skype=section.skype_attribute, timezone=section.timezone_attribute,
+        offset=section.offset_attribute)
+
+
+def _tls_options(host: str, ca_path: str) -> Any:
+    from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+
+    trust = None
+    if ca_path:
+        with open(ca_path, "rb") as f:
+            pem = f.read()
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem,
+                            re.DOTALL)
+        if not blocks:
+            raise ValueError(f"no PEM certificate in {ca_path}")
+        trust = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+    return optionsForClientTLS(host, trustRoot=trust)
+
+
+def directory_from_config(config: Config, reactor: Any
+                          ) -> tuple[Directory, IService | None] | None:
+    """The directory ``[ldap]`` describes (and the service to start), or None when it has
+    neither ``url`` nor ``ldif``.  Raises :class:`ConfigError` for a bad URL or LDIF file."""
+    section = config.ldap
+    names = attributes_from_config(section)
+    options: dict[str, Any] = dict(timeout=section.timeout, max_in_flight=section.max_in_flight,
+                                   reconnect_max_delay=section.reconnect_max_delay)
+    if section.ldif:
+        path = config.resolve_path(section.ldif)
+        try:
+            directory = embedded_directory(path, reactor, names, section.base_dn, **options)
+        except OSError as e:
+            raise ConfigError(f"{config.path}: [ldap] ldif: cannot read {path}: "
+                              f"{e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(f"{config.path}: [ldap] ldif: {path}: {e}") from None
+        return directory, directory
+    if not section.url:
+        return None
+    where = f"{config.path}: [ldap] url"
+    url = urlsplit(section.url)
+    if url.scheme not in ("ldap", "ldaps") or not url.hostname:
+        raise ConfigError(f"{where}: expected ldap://host[:port] or ldaps://host[:port], got "
+                          f"{section.url!r}")
+    host = unquote(url.hostname)
+    try:
+        port = url.port or (636 if url.scheme == "ldaps" else 389)
+    except ValueError:
+        raise ConfigError(f"{where}: bad port in {section.url!r}") from None
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=max(1, int(section.timeout)))
+    start_tls = None
+    try:
+        if url.scheme == "ldaps":
+            endpoint = wrapClientTLS(_tls_options(host, config.resolve_path(
+                section.ca_certificate)), endpoint)
+        elif section.start_tls:
+            start_tls = _tls_options(host, config.resolve_path(section.ca_certificate))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{config.path}: [ldap] ca_certificate: {e}") from None
+    directory = LDAPDirectory(endpoint, reactor, names, section.base_dn,
+                              bind_dn=section.bind_dn, bind_password=section.bind_password,
+                              start_tls=start_tls, description=f"the LDAP server {section.url}",
+                              **options)
+    return directory, directory
