@@ -9,8 +9,10 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from mup.config import parse
+from mup.people import Person
 
-__all__ = ["FakeJournal", "JEntry", "inbound_config", "make_config"]
+__all__ = ["FakeDirectory", "FakeIRC", "FakeJournal", "JEntry", "JOE", "NIEMEYER",
+           "inbound_config", "make_config"]
 
 KANNEL_TOKEN = "kannel-secret"
 TWILIO_TOKEN = "12345"
@@ -97,3 +99,84 @@ class FakeJournal:
 
     def writable(self) -> bool:
         return self.is_writable
+
+
+NIEMEYER = Person("niemeyer", "Gustavo Niemeyer", "n@example.com",
+                  (("mobile", "+447911123456"),), "+447911123456", "")
+JOE = Person("joe", "Joe Bloggs", "joe@example.com", (), "+447911654321", "")
+
+
+class FakeDirectory:
+    """The directory contract over a list of people; ``broken`` makes lookups fail."""
+
+    def __init__(self, people: list[Person], broken: bool = False) -> None:
+        self.people = people
+        self.broken = broken
+
+    def by_phone(self, number: str) -> Deferred:
+        if self.broken:
+            from mup.ldap import DirectoryError
+
+            return fail(DirectoryError("server down"))
+        return succeed(next((p for p in self.people if p.mobile == number), None))
+
+    def by_nick(self, nick: str) -> Deferred:
+        if self.broken:
+            return fail(RuntimeError("server down"))
+        return succeed(next((p for p in self.people if p.nick.lower() == nick.lower()), None))
+
+
+class NotDelivered(Exception):
+    """Stands in for mup.irc.NotDelivered in unit tests."""
+
+
+class FakeIRC:
+    """The IRC contract: ``deliver`` records (target, lines) and answers per ``mode``:
+    "confirm" at once, "hold" until ``confirm()``, "fail" with NotDelivered.  It refuses
+    any line carrying CR, LF or NUL, as a real server connection would be broken by one."""
+
+    def __init__(self, present: tuple[str, ...] = ()) -> None:
+        self.connected = True
+        self.mode = "confirm"
+        self.present = set(present)
+        self.attempts: list[tuple[str, list[str]]] = []
+        self.shown: list[tuple[str, str]] = []
+        self.held: list[tuple[Deferred, str, list[str]]] = []
+        self._waiters: list[Deferred] = []
+
+    def is_present(self, nick: str) -> bool:
+        return nick.lower() in self.present
+
+    def when_connected(self) -> Deferred:
+        if self.connected:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def connect(self) -> None:
+        self.connected = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def deliver(self, target: str, lines, notice: bool = False) -> Deferred:
+        lines = [lines] if isinstance(lines, str) else list(lines)
+        for line in lines:
+            assert not any(c in line for c in "\r\n\0"), repr(line)
+        self.attempts.append((target, lines))
+        if not self.connected or self.mode == "fail":
+            return fail(NotDelivered("no PONG"))
+        if self.mode == "hold":
+            d: Deferred = Deferred()
+            self.held.append((d, target, lines))
+            return d
+        self.shown += [(target, line) for line in lines]
+        return succeed(None)
+
+    def confirm(self, n: int | None = None) -> None:
+        take = self.held if n is None else self.held[:n]
+        self.held = [] if n is None else self.held[n:]
+        for d, target, lines in take:
+            self.shown += [(target, line) for line in lines]
+            d.callback(None)

@@ -5,38 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from fixtures_inbound import JOE, NIEMEYER, FakeDirectory
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.gateway import InboundSMS
-from mup.people import Person
 from mup.routes import FILENAME, ReplyRoutes
 from mup.routing import Route, Router
 
 _sync = SynchronousTestCase()
 
-NIEMEYER = Person("niemeyer", "Gustavo Niemeyer", "n@example.com", (("mobile", "+447911123456"),),
-                  "+447911123456", "")
-JOE = Person("joe", "Joe Bloggs", "joe@example.com", (), "+447911654321", "")
-
-
-class FakeDirectory:
-    def __init__(self, people: list[Person], broken: bool = False) -> None:
-        self.people = people
-        self.broken = broken
-
-    def by_phone(self, number: str) -> Deferred:
-        if self.broken:
-            from mup.ldap import DirectoryError
-
-            return fail(DirectoryError("server down"))
-        return succeed(next((p for p in self.people if p.mobile == number), None))
-
-    def by_nick(self, nick: str) -> Deferred:
-        if self.broken:
-            return fail(RuntimeError("server down"))
-        return succeed(next((p for p in self.people if p.nick.lower() == nick.lower()), None))
 
 
 def make_router(tmp_path, unknown: str = "mask", directory=None, present=("alice",),
