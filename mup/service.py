@@ -37,6 +37,24 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         if directory_service is not None:
             directory_service.setServiceParent(top)
         commands.add(poke(directory, reactor))
+    # SMS ([sms] gateway): the sms command, its budget and the outbox of sent SMS ([state]).
+    # Later slots use `outbox.report` for delivery reports and append to `sms_sent` to hear of
+    # each SMS the gateway took: hook(number_e164, requester_nick), e.g. reply routes.
+    from mup.commands.sms import sms
+    from mup.gateway import gateway_from_config
+    from mup.outbox import Outbox
+    from mup.quota import Quota
+
+    sms_sent: list[Any] = []
+    outbox = Outbox.from_config(config, reactor)
+    gateway = gateway_from_config(config, reactor)
+    if gateway is not None and directory is not None:
+        def on_sent(number: str, nick: str) -> None:
+            for hook in sms_sent:
+                hook(number, nick)
+
+        commands.add(sms(directory, gateway, Quota.from_config(config, reactor), config,
+                         on_sent=on_sent, outbox=outbox))
     from mup.irc import IRCService
 
     irc = IRCService(config, commands, reactor)
