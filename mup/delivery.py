@@ -23,10 +23,11 @@ from twisted.logger import Logger
 from mup import metrics
 from mup.gateway import DeliveryReport, InboundSMS
 from mup.gateways.inbound import from_record
+from mup.ircmsg import irc_lower, sanitize, split_message
 from mup.phone import mask_number
-from mup.routing import Route, irc_lower
+from mup.routing import Route
 
-__all__ = ["Delivery", "format_lines", "clean_text"]
+__all__ = ["Delivery", "clean_text", "format_lines"]
 
 log = Logger()
 
@@ -41,39 +42,20 @@ _BREAKS = re.compile(r"\r\n|[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def clean_text(text: str) -> str:
-    """One line of untrusted text made safe for IRC: control and format characters (CR, LF,
-    NUL, IRC colour/bold codes, bidi overrides...) become spaces or go, runs of spaces shrink."""
+    """One line of untrusted text made safe for IRC: stricter than ``ircmsg.sanitize``, as an
+    SMS has no business with IRC colour/bold codes or bidi overrides either: line breaks become
+    spaces, control and format characters go, runs of spaces shrink."""
+    text = sanitize(text)
     out = []
     for c in text:
         cat = unicodedata.category(c)
-        if cat == "Cc" or c in "\u2028\u2029":
+        if c in "\u2028\u2029\x85":
             out.append(" ")
-        elif cat in ("Cs", "Co", "Cn") or (cat == "Cf" and c not in "\u200d\u200c"):
+        elif cat in ("Cc", "Cs") or (cat == "Cf" and c not in "\u200d\u200c"):
             continue
         else:
             out.append(c)
     return re.sub(r" {2,}", " ", "".join(out)).strip()
-
-
-def split_bytes(text: str, limit: int) -> list[str]:
-    """``text`` cut into pieces of at most ``limit`` UTF-8 bytes, at spaces where possible,
-    never inside a character."""
-    pieces: list[str] = []
-    while len(text.encode("utf-8")) > limit:
-        cut, size = 0, 0
-        for i, c in enumerate(text):
-            size += len(c.encode("utf-8"))
-            if size > limit:
-                cut = i
-                break
-        space = text.rfind(" ", 0, cut + 1)
-        if space > cut // 2:
-            cut = space
-        pieces.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text or not pieces:
-        pieces.append(text)
-    return pieces
 
 
 def format_lines(route: Route, hint: str = "", limit: int = LINE_BYTES) -> list[str]:
@@ -85,11 +67,11 @@ def format_lines(route: Route, hint: str = "", limit: int = LINE_BYTES) -> list[
     for part in _BREAKS.split(route.text):
         part = clean_text(part)
         if part:
-            lines += [prefix + piece for piece in split_bytes(part, room)]
+            lines += [prefix + piece for piece in split_message(part, room)]
     if not lines:
         lines.append(prefix + "(empty message)")
     if route.note:
-        lines += split_bytes(clean_text(route.note), limit)
+        lines += split_message(clean_text(route.note), limit)
     if hint:
         lines.append(clean_text(hint))
     return lines

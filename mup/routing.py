@@ -16,18 +16,14 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from mup.gateway import InboundSMS
+from mup.ircmsg import irc_lower
 from mup.phone import InvalidNumber, mask_number, normalise
 
-__all__ = ["Route", "Router", "irc_lower"]
+__all__ = ["Route", "Router"]
 
 log = Logger()
 
 _NICK = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}")
-
-
-def irc_lower(name: str) -> str:
-    """RFC 1459 case folding, as IRC servers compare channel names and nicks."""
-    return name.lower().translate(str.maketrans("[]\\~", "{}|^"))
 
 
 @dataclass(frozen=True)
