@@ -59,4 +59,51 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
 
     irc = IRCService(config, commands, reactor)
     irc.setServiceParent(top)
+    # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
+    # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.
+    if config.webhook.endpoint or config.inbound.relay_url:
+        _inbound(config, reactor, top, irc, directory, outbox, sms_sent)
     return top
+
+
+def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, directory: Any,
+             outbox: Any, sms_sent: list[Any]) -> None:
+    from mup.config import ConfigError, parse_duration
+    from mup.delivery import Delivery
+    from mup.journal import Journal
+    from mup.routes import ReplyRoutes
+    from mup.routing import Router
+    from mup.webhook import Receiver, WebhookService
+
+    window = parse_duration(config.inbound.reply_window)
+    routes = ReplyRoutes(config.resolve_path(config.state.directory), window, reactor)
+    sms_sent.append(routes.record)
+    try:
+        router = Router(channels=config.irc.channels,
+                        default_channel=config.inbound.default_channel,
+                        unknown_senders=config.inbound.unknown_senders,
+                        region=config.sms.default_region, directory=directory, routes=routes,
+                        is_present=irc.is_present)
+    except ValueError as e:
+        raise ConfigError(f"{config.path}: {e}") from None
+    journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
+    delivered_hooks: list[Any] = []
+
+    def on_delivered(entry: Any) -> None:
+        for hook in delivered_hooks:
+            hook(entry)
+
+    delivery = Delivery(journal, irc, router, clock=reactor, reports=outbox.report,
+                        on_delivered=on_delivered, hint=config.inbound.hint,
+                        prefix=config.irc.prefix, hint_window=window)
+    delivery.setServiceParent(top)
+    if config.inbound.relay_url:
+        from mup.relayclient import make_puller
+
+        puller = make_puller(config, journal, delivery.wake, reactor)
+        delivered_hooks.append(puller.delivered)
+        puller.setServiceParent(top)
+    if config.webhook.endpoint:
+        receiver = Receiver(config, journal, on_accepted=delivery.accept,
+                            health=lambda: {"irc_connected": bool(irc.connected)}, clock=reactor)
+        WebhookService(config.webhook.endpoint, receiver.site(), reactor).setServiceParent(top)
