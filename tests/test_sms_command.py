@@ -104,6 +104,10 @@ def test_sends_signed_with_directory_nick(world):
     assert world.quota.used("joe") == 1
 
 
+def test_needs_account(world):
+    assert world.commands.get("sms").needs_account
+
+
 def test_channel_prefix(world):
     assert world.say("niemeyer hi", channel="#dev") == "SMS is on the way!"
     assert world.fake.messages[0]["body"] == "#dev joe> hi"
@@ -186,6 +190,7 @@ def test_daily_quota(tmp_path):
 
 def test_hostmask_mode(tmp_path):
     world = World(tmp_path, require_account=False, allowed_hostmasks=["*!*@STAFF.example.com"])
+    assert not world.commands.get("sms").needs_account  # no WHOIS where accounts don't count
     assert world.say("niemeyer hi", account=None) == "SMS is on the way!"
     assert world.fake.messages[0]["body"] == "joe> hi"
     assert "not on the allowed list" in world.say("niemeyer hi", account=None,

@@ -134,7 +134,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
 
     return Command("sms", "sms <nick> <message>",
                    "Sends an SMS to someone's mobile from the directory, signed with your "
-                   "directory nick.", run, needs_account=True)
+                   "directory nick.", run, needs_account=require_account)
 
 
 def _directory_error(e: Exception) -> str:
