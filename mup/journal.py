@@ -1,0 +1,847 @@
+"""The durable inbound journal: what a gateway posted, fsync'd before the 2xx, until IRC took it.
+
+The journal is a directory of append-only *segments* plus a small *keys* file::
+
+    0000000000000001.seg   a 20-byte header (magic, version, first seq, crc) then framed records
+    keys                   dedupe keys (with their time) of deleted segments, still in the window
+
+Every record is framed as ``0xA5 | u32 length | u32 crc32(length, payload) | payload``; the payload
+is one type byte and ASCII-only JSON, so the 0xA5 marker can only start a frame and recovery can
+resynchronise after a damaged record:
+
+* ``a [seq, key, appended, record]``: a message was accepted;
+* ``d [seq, ...]``: these messages were delivered;
+* ``k [[key, appended], ...]`` (keys file only): keys kept so a retried post is not shown twice.
+
+Appends and "done" marks are group-committed: whatever arrives while one write+fsync runs goes into
+the next one, on a dedicated thread, so the reactor never waits for the disk.  A segment whose
+messages are all delivered (and whose done-records are no longer needed) is deleted once a newer
+segment exists; its keys go to the keys file first.  Start-up reads only live segments, so its time
+and memory follow what is undelivered, not the history.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+__all__ = ["Entry", "Journal", "JournalClosed", "JournalError", "Recovery"]
+
+log = Logger(namespace="mup.journal")
+
+_MARK = 0xA5
+_FRAME = struct.Struct(">BII")
+_HEAD = struct.Struct(">4sHHQ")
+_SEG_MAGIC = b"MUPJ"
+_KEYS_MAGIC = b"MUPK"
+_VERSION = 1
+HEADER_SIZE = _HEAD.size + 4
+MAX_RECORD = 1 << 20
+"""Largest payload ``append`` takes (an SMS record is a few hundred bytes)."""
+MAX_KEY = 1024
+_MAX_FRAME = 16 << 20
+_KEYS_PER_RECORD = 4096
+_SUFFIX = ".seg"
+_KEYS_FILE = "keys"
+
+
+class JournalError(Exception):
+    """The journal could not make a record durable (disk full, I/O error): answer 5xx."""
+
+
+class JournalClosed(JournalError):
+    """The journal was closed before the record was written."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One accepted message: its place in the journal, dedupe key, content and accept time."""
+
+    seq: int
+    key: str
+    record: dict
+    appended: float
+
+
+@dataclass
+class Recovery:
+    """What ``Journal.open`` found on disk."""
+
+    torn_bytes: int = 0
+    """Bytes cut from the end of segments (a write the crash interrupted)."""
+    corrupt_records: int = 0
+    """Damaged stretches skipped in the middle of a file (later records were kept)."""
+    segments: int = 0
+    """Segment files found."""
+    pending: int = 0
+    """Messages accepted and not yet delivered."""
+
+
+# -- framing ----------------------------------------------------------------------------------
+
+
+def _header(magic: bytes, base_seq: int) -> bytes:
+    head = _HEAD.pack(magic, _VERSION, 0, base_seq)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def _parse_header(data: bytes, magic: bytes) -> int | None:
+    """The header's base seq, or None when the header is missing or damaged."""
+    if len(data) < HEADER_SIZE:
+        return None
+    got_magic, version, _flags, base_seq = _HEAD.unpack_from(data)
+    (crc,) = struct.unpack_from(">I", data, _HEAD.size)
+    if got_magic != magic or version != _VERSION or crc != zlib.crc32(data[: _HEAD.size]):
+        return None
+    return base_seq
+
+
+def _frame(payload: bytes) -> bytes:
+    length = len(payload).to_bytes(4, "big")
+    crc = zlib.crc32(payload, zlib.crc32(length))
+    return bytes((_MARK,)) + length + crc.to_bytes(4, "big") + payload
+
+
+def _encode(kind: bytes, body: Any) -> bytes:
+    text = json.dumps(body, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return kind + text.encode("ascii")
+
+
+def _scan(data: bytes, start: int) -> tuple[list[bytes], int, int]:
+    """Parse frames from ``start``: (payloads, damaged stretches skipped, end of last good frame).
+
+    A damaged stretch followed by a good frame is corruption in the middle; one that runs to the
+    end of the data is a torn tail, which the caller cuts at the returned offset."""
+    view = memoryview(data)
+    out: list[bytes] = []
+    size = len(data)
+    pos = good_end = start
+    corrupt = 0
+    bad = False
+    unpack = _FRAME.unpack_from
+    crc32 = zlib.crc32
+    while pos < size:
+        if size - pos >= _FRAME.size:
+            mark, length, crc = unpack(data, pos)
+            end = pos + _FRAME.size + length
+            if mark == _MARK and 0 < length <= _MAX_FRAME and end <= size:
+                payload = view[pos + _FRAME.size:end]
+                if crc32(payload, crc32(length.to_bytes(4, "big"))) == crc:
+                    if bad:
+                        corrupt += 1
+                        bad = False
+                    out.append(payload.tobytes())
+                    pos = good_end = end
+                    continue
+        bad = True
+        pos = data.find(b"\xa5", pos + 1)
+        if pos < 0:
+            break
+    return out, corrupt, good_end
+
+
+# -- the few system calls ---------------------------------------------------------------------
+
+
+class FileSystem:
+    """The system calls the journal writes with; tests swap in one that fails or dies mid-write."""
+
+    def create(self, path: str) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def open(self, path: str) -> int:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "short write")
+            view = view[n:]
+            offset += n
+
+    def fsync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+
+# -- in-memory state --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Segment:
+    id: int
+    path: str
+    size: int = HEADER_SIZE
+    pending: int = 0
+    """Messages in this segment not yet durably done."""
+    refs: set[int] = field(default_factory=set)
+    """Older segments holding messages this segment's done-records mark: it must outlive them."""
+    keys: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Item:
+    kind: str
+    seq: int
+    frame: bytes
+    d: defer.Deferred
+    key: str = ""
+    entry: Entry | None = None
+    followers: list[defer.Deferred] = field(default_factory=list)
+
+
+@dataclass
+class _Outcome:
+    new_fd: int | None = None
+    size: int = 0
+    error: BaseException | None = None
+    clean: bool = True
+
+
+def _segment_name(seg_id: int) -> str:
+    return f"{seg_id:016x}{_SUFFIX}"
+
+
+class Journal:
+    """A durable, deduplicating queue of inbound messages; see the module docstring."""
+
+    recovery: Recovery
+
+    def __init__(self, directory: str, reactor: Any, *, segment_bytes: int,
+                 dedupe_window: float, threaded: bool, fs: FileSystem) -> None:
+        self.directory = directory
+        self._reactor = reactor
+        self._segment_bytes = segment_bytes
+        self._window = dedupe_window
+        self._threaded = threaded
+        self._fs = fs
+        self.recovery = Recovery()
+        self._segments: dict[int, _Segment] = {}
+        self._current: _Segment | None = None
+        self._fd: int | None = None
+        self._keys_fd: int | None = None
+        self._keys_size = HEADER_SIZE
+        self._keys_entries = 0
+        self._next_seq = 1
+        self._pending: dict[int, Entry] = {}
+        self._seg_of: dict[int, int] = {}
+        self._keys: dict[str, float] = {}
+        """Every key journaled within the window (and older ones still pending), with its time."""
+        self._carried: dict[str, float] = {}
+        """Keys whose segment was deleted: what the keys file holds."""
+        self._pending_keys: dict[str, int] = {}
+        self._inflight: dict[str, _Item] = {}
+        self._done_inflight: dict[int, _Item] = {}
+        self._queue: list[_Item] = []
+        self._busy = False
+        self._call: Any = None
+        self._dirty = False
+        self._closed = False
+        self._pool: ThreadPool | None = None
+        self._trigger: Any = None
+
+    # -- opening and recovery -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str, reactor: Any = None, *, segment_bytes: int = 4 << 20,
+             dedupe_window: float = 7 * 86400, threaded: bool | None = None,
+             fs: FileSystem | None = None) -> Journal:
+        """Open (creating it if need be) and recover the journal in ``directory``.
+
+        ``reactor`` is also the clock; with one that cannot run threads (``task.Clock``) or with
+        ``threaded=False`` writes run on the reactor thread, batched per reactor turn."""
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if threaded is None:
+            threaded = IReactorThreads.providedBy(reactor)
+        journal = cls(directory, reactor, segment_bytes=segment_bytes,
+                      dedupe_window=dedupe_window, threaded=threaded, fs=fs or FileSystem())
+        journal._recover()
+        journal._start()
+        return journal
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def _recover(self) -> None:
+        fs = self._fs
+        os.makedirs(self.directory, exist_ok=True)
+        now = self._reactor.seconds()
+        horizon = now - self._window
+        rec = self.recovery
+        changed_dir = False
+        tmp = self._path(_KEYS_FILE + ".tmp")
+        if os.path.exists(tmp):
+            fs.unlink(tmp)
+            changed_dir = True
+
+        # The keys file: keys of deleted segments.
+        keys_path = self._path(_KEYS_FILE)
+        if os.path.exists(keys_path):
+            with open(keys_path, "rb") as f:
+                data = f.read()
+            if _parse_header(data, _KEYS_MAGIC) is None:
+                rec.corrupt_records += 1
+                log.warn("journal {dir}: keys file header damaged", dir=self.directory)
+            payloads, corrupt, good_end = _scan(data, HEADER_SIZE)
+            rec.corrupt_records += corrupt
+            for payload in payloads:
+                try:
+                    pairs = json.loads(payload[1:]) if payload[:1] == b"k" else None
+                    for key, ts in pairs:
+                        self._keys_entries += 1
+                        if ts >= horizon and self._carried.get(key, -1e300) < ts:
+                            self._carried[key] = ts
+                except (ValueError, TypeError):
+                    rec.corrupt_records += 1
+            # Rewrite when damaged or mostly expired; that also cuts any torn tail.
+            if (good_end < len(data) or corrupt or _parse_header(data, _KEYS_MAGIC) is None
+                    or self._keys_entries > 2 * len(self._carried) + 1024):
+                rec.torn_bytes += max(0, len(data) - max(good_end, HEADER_SIZE))
+                self._rewrite_keys()
+                changed_dir = True
+        else:
+            self._rewrite_keys()
+            changed_dir = True
+        self._keys.update(self._carried)
+        self._keys_fd = fs.open(keys_path)
+        self._keys_size = os.fstat(self._keys_fd).st_size
+
+        # The segments, oldest first.
+        ids = sorted(int(name[: -len(_SUFFIX)], 16) for name in os.listdir(self.directory)
+                     if name.endswith(_SUFFIX) and len(name) == 16 + len(_SUFFIX)
+                     and all(c in "0123456789abcdef" for c in name[:16]))
+        rec.segments = len(ids)
+        max_seq = 0
+        fresh_segment = False
+        for i, seg_id in enumerate(ids):
+            path = self._path(_segment_name(seg_id))
+            last = i == len(ids) - 1
+            with open(path, "rb") as f:
+                data = f.read()
+            base = _parse_header(data, _SEG_MAGIC)
+            if base is None:
+                if last and len(data) < HEADER_SIZE:
+                    # Created by a rotation the crash interrupted: nothing was acknowledged in it.
+                    rec.torn_bytes += len(data)
+                    fs.unlink(path)
+                    changed_dir = True
+                    continue
+                rec.corrupt_records += 1
+                fresh_segment = last
+                log.warn("journal {path}: segment header damaged", path=path)
+            else:
+                max_seq = max(max_seq, base - 1)
+            seg = _Segment(seg_id, path, size=len(data))
+            self._segments[seg_id] = seg
+            payloads, corrupt, good_end = _scan(data, HEADER_SIZE)
+            rec.corrupt_records += corrupt
+            if good_end < len(data):
+                rec.torn_bytes += len(data) - good_end
+                fd = fs.open(path)
+                try:
+                    fs.ftruncate(fd, good_end)
+                    fs.fsync(fd)
+                finally:
+                    fs.close(fd)
+                seg.size = good_end
+            for payload in payloads:
+                try:
+                    max_seq = max(max_seq, self._replay(seg, payload))
+                except (ValueError, TypeError, KeyError, IndexError):
+                    rec.corrupt_records += 1
+        self._next_seq = max_seq + 1
+        self._prune(now)
+
+        if self._segments:
+            self._current = self._segments[max(self._segments)]
+            self._fd = fs.open(self._current.path)
+            if fresh_segment:
+                # A damaged header on the live segment: start a fresh one after it.
+                self._rotate_now()
+        else:
+            self._create_first(1)
+        if changed_dir:
+            fs.fsync_dir(self.directory)
+        rec.pending = len(self._pending)
+        self._delete_now()
+        level = log.warn if rec.torn_bytes or rec.corrupt_records else log.info
+        level("journal {dir}: {pending} pending in {segments} segments; cut {torn} torn bytes, "
+              "skipped {corrupt} corrupt records", dir=self.directory, pending=rec.pending,
+              segments=rec.segments, torn=rec.torn_bytes, corrupt=rec.corrupt_records)
+
+    def _replay(self, seg: _Segment, payload: bytes) -> int:
+        """Apply one record read at start-up; returns the highest seq it names."""
+        kind = payload[:1]
+        body = json.loads(payload[1:])
+        if kind == b"a":
+            seq, key, appended, record = body
+            if not isinstance(seq, int) or not isinstance(key, str) or not isinstance(record, dict):
+                raise ValueError("bad append record")
+            appended = float(appended)
+            if self._keys.get(key, -1e300) < appended:
+                self._keys[key] = appended
+            seg.keys.append((key, appended))
+            if key in self._pending_keys or seq in self._pending:
+                return seq
+            self._pending[seq] = Entry(seq, key, record, appended)
+            self._pending_keys[key] = seq
+            self._seg_of[seq] = seg.id
+            seg.pending += 1
+            return seq
+        if kind == b"d":
+            top = 0
+            for seq in body:
+                top = max(top, seq)
+                entry = self._pending.pop(seq, None)
+                if entry is None:
+                    continue
+                del self._pending_keys[entry.key]
+                owner = self._seg_of.pop(seq)
+                self._segments[owner].pending -= 1
+                if owner != seg.id:
+                    seg.refs.add(owner)
+            return top
+        raise ValueError(f"unknown record type {kind!r}")
+
+    def _rewrite_keys(self) -> None:
+        """Write the keys file afresh (carried keys still in the window) and put it in place."""
+        fs = self._fs
+        tmp = self._path(_KEYS_FILE + ".tmp")
+        fd = fs.create(tmp)
+        try:
+            data = _header(_KEYS_MAGIC, 0) + b"".join(_frame(p) for p in self._keys_payloads(
+                self._carried.items()))
+            fs.pwrite(fd, data, 0)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.replace(tmp, self._path(_KEYS_FILE))
+        self._keys_entries = len(self._carried)
+
+    @staticmethod
+    def _keys_payloads(pairs: Iterable[tuple[str, float]]) -> list[bytes]:
+        pairs = list(pairs)
+        return [_encode(b"k", pairs[i:i + _KEYS_PER_RECORD])
+                for i in range(0, len(pairs), _KEYS_PER_RECORD)]
+
+    def _create_first(self, base_seq: int) -> None:
+        seg = _Segment(1 if not self._segments else max(self._segments) + 1, "")
+        seg.path = self._path(_segment_name(seg.id))
+        fd = self._fs.create(seg.path)
+        self._fs.pwrite(fd, _header(_SEG_MAGIC, base_seq), 0)
+        self._fs.fsync(fd)
+        self._fs.fsync_dir(self.directory)
+        self._segments[seg.id] = seg
+        self._current = seg
+        self._fd = fd
+
+    def _rotate_now(self) -> None:
+        if self._fd is not None:
+            self._fs.close(self._fd)
+        self._create_first(self._next_seq)
+
+    def _delete_now(self) -> None:
+        """At start-up: delete what is deletable, synchronously."""
+        job = self._deletion_job()
+        if job is not None:
+            self._deleted(job[0], self._delete_job(*job))
+
+    def _start(self) -> None:
+        if self._threaded:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="mup-journal")
+            self._pool.start()
+            self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
+
+    # -- the public interface -----------------------------------------------------------------
+
+    def append(self, key: str, record: dict) -> defer.Deferred[Entry | None]:
+        """Journal ``record`` under ``key``; fires with its Entry once it is fsync'd, or with None
+        when the key was journaled before (within the dedupe window, or still pending)."""
+        if self._closed:
+            return defer.fail(JournalClosed("the journal is closed"))
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            return defer.fail(ValueError(f"bad journal key: {key!r:.80}"))
+        if not isinstance(record, dict):
+            return defer.fail(TypeError("a journal record is a dict"))
+        now = self._reactor.seconds()
+        if key in self._pending_keys:
+            return defer.succeed(None)
+        seen = self._keys.get(key)
+        if seen is not None and seen >= now - self._window:
+            return defer.succeed(None)
+        first = self._inflight.get(key)
+        if first is not None:
+            d: defer.Deferred[Entry | None] = defer.Deferred()
+            first.followers.append(d)
+            return d
+        seq = self._next_seq
+        try:
+            payload = _encode(b"a", [seq, key, now, record])
+        except (TypeError, ValueError) as e:
+            return defer.fail(TypeError(f"journal record is not JSON: {e}"))
+        if len(payload) > MAX_RECORD:
+            return defer.fail(ValueError(f"journal record too large: {len(payload)} bytes"))
+        self._next_seq += 1
+        entry = Entry(seq, key, json.loads(payload[1:])[3], now)
+        item = _Item("a", seq, _frame(payload), defer.Deferred(), key=key, entry=entry)
+        self._inflight[key] = item
+        self._queue.append(item)
+        self._schedule()
+        return item.d
+
+    def mark_done(self, seq: int) -> defer.Deferred[None]:
+        """Record that message ``seq`` was delivered; fires once that is fsync'd.  The message
+        leaves ``pending()`` at once (and comes back if the write fails)."""
+        if self._closed:
+            return defer.fail(JournalClosed("the journal is closed"))
+        first = self._done_inflight.get(seq)
+        if first is not None:
+            d: defer.Deferred[None] = defer.Deferred()
+            first.followers.append(d)
+            return d
+        entry = self._pending.pop(seq, None)
+        if entry is None:
+            return defer.succeed(None)
+        item = _Item("d", seq, b"", defer.Deferred(), key=entry.key, entry=entry)
+        self._done_inflight[seq] = item
+        self._queue.append(item)
+        self._schedule()
+        return item.d
+
+    def pending(self) -> list[Entry]:
+        """Messages accepted and not delivered, in append order."""
+        return list(self._pending.values())
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def backlog(self) -> int:
+        """Number of messages accepted and not yet delivered."""
+        return len(self._pending)
+
+    def writable(self) -> bool:
+        """False when closed or when the last write failed and could not be undone."""
+        return not self._closed and not self._dirty
+
+    def close(self) -> None:
+        """Stop: appends not yet written fail with JournalClosed; a write in progress finishes."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        queue, self._queue = self._queue, []
+        self._fail_items(queue, Failure(JournalClosed("the journal was closed")))
+        if self._pool is not None:
+            self._pool.stop()
+        if self._trigger is not None:
+            try:
+                self._reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError):
+                pass
+            self._trigger = None
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._keys_fd):
+            if fd is not None:
+                try:
+                    self._fs.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._keys_fd = None
+
+    # -- group commit -------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._call is None and not self._busy and not self._closed:
+            self._call = self._reactor.callLater(0, self._flush)
+
+    def _run(self, job: Callable[[], Any]) -> defer.Deferred:
+        if self._threaded:
+            assert self._pool is not None
+            return threads.deferToThreadPool(self._reactor, self._pool, job)
+        try:
+            result = job()
+        except Exception:
+            return defer.fail()
+        return defer.succeed(result)
+
+    def _flush(self) -> None:
+        self._call = None
+        if self._busy or self._closed:
+            return
+        if self._queue:
+            items, self._queue = self._queue, []
+            self._start_batch(items)
+            return
+        job = self._deletion_job()
+        if job is not None:
+            self._busy = True
+            d = self._run(lambda: self._delete_job(*job))
+            d.addCallback(lambda outcome: self._deleted(job[0], outcome))
+            d.addErrback(self._internal_error)
+            d.addBoth(self._idle)
+
+    def _start_batch(self, items: list[_Item]) -> None:
+        seg = self._current
+        assert seg is not None
+        rotate = None
+        if seg.size >= self._segment_bytes and seg.size > HEADER_SIZE:
+            new_id = seg.id + 1
+            base = min([i.seq for i in items if i.kind == "a"] or [self._next_seq])
+            rotate = (new_id, self._path(_segment_name(new_id)), _header(_SEG_MAGIC, base))
+        target = rotate[0] if rotate else seg.id
+        frames = []
+        dones: list[int] = []
+        for item in items:
+            if item.kind == "a":
+                frames.append(item.frame)
+            else:
+                dones.append(item.seq)
+        if dones:
+            frames.append(_frame(_encode(b"d", dones)))
+        data = b"".join(frames)
+        self._busy = True
+        job = (self._fd, seg.size, self._dirty, rotate, data)
+        d = self._run(lambda: self._write_job(*job))
+        d.addCallbacks(self._written, self._write_crashed, callbackArgs=(items, target, rotate),
+                       errbackArgs=(items,))
+        d.addErrback(self._internal_error)
+        d.addBoth(self._idle)
+
+    def _write_job(self, fd: int, offset: int, truncate_first: bool,
+                   rotate: tuple[int, str, bytes] | None, data: bytes) -> _Outcome:
+        """On the writer thread: (rotate,) write and fsync one batch; undo it if that fails."""
+        fs = self._fs
+        out = _Outcome(size=offset)
+        try:
+            if truncate_first:
+                fs.ftruncate(fd, offset)
+                fs.fsync(fd)
+            if rotate is not None:
+                _, path, header = rotate
+                new_fd = fs.create(path)
+                try:
+                    fs.pwrite(new_fd, header, 0)
+                    fs.fsync(new_fd)
+                    fs.fsync_dir(self.directory)
+                except OSError:
+                    fs.close(new_fd)
+                    try:
+                        fs.unlink(path)
+                    except OSError:
+                        pass
+                    raise
+                out.new_fd = fd = new_fd
+                out.size = offset = len(header)
+        except OSError as e:
+            out.error = e
+            out.clean = not truncate_first
+            return out
+        try:
+            fs.pwrite(fd, data, offset)
+            fs.fsync(fd)
+        except OSError as e:
+            out.error = e
+            try:
+                fs.ftruncate(fd, offset)
+                fs.fsync(fd)
+            except OSError:
+                out.clean = False
+            return out
+        out.size = offset + len(data)
+        return out
+
+    def _written(self, out: _Outcome, items: list[_Item], target: int,
+                 rotate: tuple[int, str, bytes] | None) -> None:
+        if out.new_fd is not None:
+            if self._closed:
+                self._fs.close(out.new_fd)
+            else:
+                if self._fd is not None:
+                    self._fs.close(self._fd)
+                self._fd = out.new_fd
+            assert rotate is not None
+            seg = _Segment(rotate[0], rotate[1])
+            self._segments[seg.id] = seg
+            self._current = seg
+        if out.error is not None:
+            self._dirty = not out.clean
+            log.error("journal {dir}: write failed ({error}); {n} records refused{extra}",
+                      dir=self.directory, error=out.error, n=len(items),
+                      extra="" if out.clean else ", and the tail could not be cut")
+            self._fail_items(items, Failure(JournalError(f"journal write failed: {out.error}")))
+            return
+        self._dirty = False
+        seg = self._segments[target]
+        seg.size = out.size
+        fired: list[tuple[defer.Deferred, Any]] = []
+        for item in items:
+            entry = item.entry
+            assert entry is not None
+            if item.kind == "a":
+                self._inflight.pop(item.key, None)
+                self._pending[item.seq] = entry
+                self._pending_keys[item.key] = item.seq
+                self._seg_of[item.seq] = target
+                self._keys[item.key] = entry.appended
+                seg.pending += 1
+                seg.keys.append((item.key, entry.appended))
+                fired.append((item.d, entry))
+            else:
+                self._done_inflight.pop(item.seq, None)
+                if self._pending_keys.get(item.key) == item.seq:
+                    del self._pending_keys[item.key]
+                owner = self._seg_of.pop(item.seq, None)
+                if owner is not None and owner in self._segments:
+                    self._segments[owner].pending -= 1
+                    if owner != target:
+                        seg.refs.add(owner)
+                fired.append((item.d, None))
+            fired.extend((f, None) for f in item.followers)
+        self._busy = False
+        for d, result in fired:
+            d.callback(result)
+
+    def _write_crashed(self, failure: Failure, items: list[_Item]) -> None:
+        """The writer raised something unexpected: refuse the batch, and cut the tail next time."""
+        self._dirty = True
+        log.failure("journal {dir}: unexpected write error", failure, dir=self.directory)
+        self._fail_items(items, Failure(JournalError(f"journal write failed: {failure.value}")))
+
+    def _fail_items(self, items: list[_Item], failure: Failure) -> None:
+        back: list[Entry] = []
+        for item in items:
+            if item.kind == "a":
+                self._inflight.pop(item.key, None)
+            else:
+                self._done_inflight.pop(item.seq, None)
+                if item.entry is not None and not self._closed:
+                    back.append(item.entry)
+        if back:
+            merged = list(self._pending.values()) + back
+            merged.sort(key=lambda e: e.seq)
+            self._pending = {e.seq: e for e in merged}
+        self._busy = False
+        for item in items:
+            for d in [item.d, *item.followers]:
+                d.errback(failure)
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("journal {dir}: internal error", failure, dir=self.directory)
+
+    def _idle(self, _: Any) -> None:
+        self._busy = False
+        if self._queue or self._deletion_job() is not None:
+            self._schedule()
+
+    # -- deleting delivered segments ----------------------------------------------------------
+
+    def _deletion_job(self) -> tuple[list[_Segment], int | None, int, bytes] | None:
+        """Segments that may go, oldest first: all delivered, not current, and every segment their
+        done-records refer to is gone (or goes before them)."""
+        if self._current is None or self._dirty:
+            return None
+        going: list[_Segment] = []
+        gone: set[int] = set()
+        for seg_id in sorted(self._segments):
+            seg = self._segments[seg_id]
+            if seg is self._current:
+                break
+            if seg.pending == 0 and all(r in gone or r not in self._segments for r in seg.refs):
+                going.append(seg)
+                gone.add(seg_id)
+        if not going:
+            return None
+        horizon = self._reactor.seconds() - self._window
+        keep = [(k, ts) for seg in going for k, ts in seg.keys if ts >= horizon]
+        data = b"".join(_frame(p) for p in self._keys_payloads(keep))
+        return going, self._keys_fd, self._keys_size, data
+
+    def _delete_job(self, going: list[_Segment], keys_fd: int | None, keys_size: int,
+                    data: bytes) -> tuple[int, int]:
+        """On the writer thread: save the keys, then unlink oldest first, each one made durable
+        before the next (a newer segment's done-records must not outlive the older segment)."""
+        fs = self._fs
+        if data:
+            assert keys_fd is not None
+            try:
+                fs.pwrite(keys_fd, data, keys_size)
+                fs.fsync(keys_fd)
+            except OSError as e:
+                try:
+                    fs.ftruncate(keys_fd, keys_size)
+                except OSError:
+                    pass
+                log.error("journal {dir}: cannot save keys ({e}); segments kept",
+                          dir=self.directory, e=e)
+                return 0, -1
+        done = 0
+        try:
+            for seg in going:
+                fs.unlink(seg.path)
+                fs.fsync_dir(self.directory)
+                done += 1
+        except OSError as e:
+            log.error("journal {dir}: cannot delete {path} ({e})", dir=self.directory,
+                      path=going[done].path, e=e)
+        return done, keys_size + len(data)
+
+    def _deleted(self, going: list[_Segment], outcome: tuple[int, int]) -> None:
+        count, keys_size = outcome
+        if keys_size < 0:
+            return
+        self._keys_size = keys_size
+        horizon = self._reactor.seconds() - self._window
+        for seg in going:
+            for key, ts in seg.keys:
+                if ts >= horizon:
+                    self._carried[key] = ts
+                    self._keys_entries += 1
+        for seg in going[:count]:
+            del self._segments[seg.id]
+        self._prune(self._reactor.seconds())
+
+    def _prune(self, now: float) -> None:
+        """Forget keys older than the window (unless still pending)."""
+        horizon = now - self._window
+        self._keys = {k: ts for k, ts in self._keys.items()
+                      if ts >= horizon or k in self._pending_keys}
+        self._carried = {k: ts for k, ts in self._carried.items() if ts >= horizon}
