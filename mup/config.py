@@ -128,8 +128,9 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "SASL is not available.", secret=True),
             Key("line_burst", int, 5, "Output flood control: lines sent at once before the rate "
                 "applies.", check=_positive),
-            Key("line_rate", float, 2.0, "Output flood control: lines per second after the burst; "
-                "0 turns output throttling off (benchmarks, private servers).",
+            Key("line_rate", float, 1.0, "Output flood control: lines per second after the burst; "
+                "0 turns output throttling off (benchmarks, private servers). 1/s is what "
+                "InspIRCd's and Solanum's (Libera's) default classes process without queueing.",
                 check=_non_negative),
             Key("command_burst", int, 5, "Per-user command limit: commands accepted at once.",
                 check=_positive),
