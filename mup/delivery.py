@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -223,7 +224,16 @@ class Delivery(Service):
             return
         hint = self._hint_for(route)
         lines = format_lines(route, hint, self.line_limit)
-        await self._send(route.target, lines, forever=True)
+        try:
+            await self._send(route.target, lines, forever=True)
+        except ValueError as e:
+            # IRC refused the target itself: show the message where everyone can see it.
+            log.error("cannot deliver to {target} ({error}); using {default}",
+                      target=route.target, error=e, default=self.router.default_channel)
+            route = replace(route, target=self.router.default_channel,
+                            note=f"(for {route.target}, who cannot be messaged)")
+            hint = ""
+            await self._send(route.target, format_lines(route, "", self.line_limit), True)
         if hint:
             self._hinted[(irc_lower(route.sender_nick), irc_lower(route.target))] = (
                 self.clock.seconds())
@@ -249,7 +259,10 @@ class Delivery(Service):
             return
         if answer is not None:
             nick, text = answer
-            await self._send(nick, [clean_text(text)], forever=False)
+            try:
+                await self._send(nick, [clean_text(text)], forever=False)
+            except ValueError as e:
+                log.warn("cannot tell {nick} about an SMS: {error}", nick=nick, error=e)
 
     async def _send(self, target: str, lines: list[str], forever: bool) -> None:
         """Deliver until the server confirmed; reports (``forever=False``) give up after a
@@ -261,7 +274,7 @@ class Delivery(Service):
             try:
                 await self._wait(self.irc.deliver(target, lines))
                 return
-            except CancelledError:
+            except (CancelledError, ValueError):
                 raise
             except Exception as e:
                 failures += 1

@@ -162,6 +162,8 @@ class FakeIRC:
 
     def deliver(self, target: str, lines, notice: bool = False) -> Deferred:
         lines = [lines] if isinstance(lines, str) else list(lines)
+        if not target or " " in target:
+            return fail(ValueError(f"not an IRC target: {target!r}"))
         for line in lines:
             assert not any(c in line for c in "\r\n\0"), repr(line)
         self.attempts.append((target, lines))

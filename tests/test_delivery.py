@@ -237,3 +237,52 @@ def test_format_lines_are_always_safe(text: str, limit: int) -> None:
         assert not any(c in line for c in "\r\n\0")
         assert len(line.encode("utf-8")) <= max(limit, 40 + len("[SMS] <x y> "))
     assert lines
+
+
+def test_target_irc_refuses_goes_to_the_default_channel(h: Harness) -> None:
+    h.routes.record(STRANGER, "not a nick")
+    entry = h.post(STRANGER, "hello")
+    assert h.lines("#ops") == ["[SMS] <+44 79** ***999> hello",
+                               "(for not a nick, who cannot be messaged)"]
+    assert h.journal.done == {entry.seq}
+
+
+# With the real journal: what IRC did not confirm before a crash is shown after it, once.
+
+def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
+    from mup.journal import Journal
+
+    clock = Clock()
+    journal = Journal.open(str(tmp_path / "journal"), reactor=clock)
+    h = Harness(tmp_path, journal=journal)
+    h.clock = clock
+    h.delivery.clock = clock
+    h.start()
+    h.irc.mode = "hold"
+    entries = []
+    for i in range(4):
+        key, record = journal_entry(InboundSMS("kannel", f"id{i}", N if i < 3 else J, "4242",
+                                               f"#ops m{i}", clock.seconds()))
+        d = journal.append(key, record)
+        clock.advance(0)
+        entries.append(_sync.successResultOf(d))
+        h.delivery.accept(entries[-1])
+    duplicate = journal.append(key, record)   # a retried post
+    clock.advance(0)
+    assert _sync.successResultOf(duplicate) is None
+    h.irc.confirm(1)          # m0 confirmed (and marked done)
+    clock.advance(0)
+    assert journal.backlog == 3
+    # m1 (niemeyer) and m3 (joe) are in flight, m2 waits behind m1: crash now.
+    survivors = Journal.open(str(tmp_path / "journal"), reactor=clock)
+    assert [e.record["text"] for e in survivors.pending()] == ["#ops m1", "#ops m2", "#ops m3"]
+    h2 = Harness(tmp_path, journal=survivors)
+    h2.delivery.clock = clock
+    h2.start()
+    clock.advance(0)
+    assert [line for line in h2.lines("#ops") if line.startswith("[SMS]")] == [
+        "[SMS] <niemeyer> m1", "[SMS] <joe> m3", "[SMS] <niemeyer> m2"]
+    clock.advance(0)
+    assert survivors.backlog == 0
+    third = Journal.open(str(tmp_path / "journal"), reactor=clock)
+    assert third.pending() == []
