@@ -139,6 +139,15 @@ def _same_number(a: str, b: str) -> bool:
 class _Connection(LDAPClient):
     """One LDAP connection; :meth:`query` runs a search that can be cancelled (abandoned)."""
 
+    failure = ""
+    """Why this connection cannot be used (StartTLS or bind failed); "" when it can."""
+
+    def fail(self, reason: str) -> None:
+        """Mark the connection unusable and close it.  (A method, so that it reaches this
+        protocol through ClientService's proxy.)"""
+        self.failure = reason
+        self.transport.loseConnection()
+
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -147,6 +156,11 @@ class _Connection(LDAPClient):
                 set_no_delay(True)
             except OSError:
                 pass
+
+    def handle(self, msg: Any) -> None:
+        if msg.id != 0 and msg.id not in self.onwire:
+            return  # the late answer to an abandoned (timed-out) query
+        super().handle(msg)
 
     def query(self, request: pureldap.LDAPSearchRequest) -> Deferred[list[Any]]:
         """Fires with the result entries; errbacks with an LDAP error; cancelling it sends an
@@ -230,7 +244,11 @@ class LDAPDirectory(Service):
         return self._client.stopService()
 
     async def _prepare(self, connection: _Connection) -> None:
-        """StartTLS and bind on every new connection, before any query uses it."""
+        """StartTLS and bind on every new connection, before any query uses it.
+
+        A failure closes the connection and marks it (rather than failing the ClientService's
+        prepareConnection, which would leave the connection open behind its back): queries
+        see the mark and report the reason, and the ClientService reconnects with backoff."""
         try:
             if self._start_tls is not None:
                 await connection.startTLS(self._start_tls)
@@ -242,7 +260,8 @@ class LDAPDirectory(Service):
                 log.error("Cannot use {where}: {reason}", where=self._description, reason=reason)
             self._last_error = reason
             self._down = True
-            raise
+            connection.fail(reason)
+            return
         if self._down:
             log.info("{where} is reachable again", where=self._description)
         self._down = False
@@ -255,7 +274,7 @@ class LDAPDirectory(Service):
             raise DirectoryError(f"{self._description} is unreachable: {self._last_error}")
         d.addTimeout(max(deadline - self._reactor.seconds(), 0), self._reactor)
         try:
-            return await d
+            connection = await d
         except defer.TimeoutError:
             raise DirectoryError(f"could not connect to {self._description} within "
                                  f"{self._settings.timeout:g}s") from None
@@ -269,6 +288,9 @@ class LDAPDirectory(Service):
             self._down = True
             self._last_error = reason
             raise DirectoryError(f"{self._description} is unreachable: {reason}") from None
+        if connection.failure:
+            raise DirectoryError(f"{self._description} is unusable: {connection.failure}")
+        return connection
 
     async def _search(self, filt: pureldap.LDAPFilter) -> list[Person]:
         if self._in_flight >= self._settings.max_in_flight:
@@ -359,8 +381,6 @@ def _describe(e: BaseException | Failure) -> str:
         message = getattr(e, "message", "")
         message = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         return f"{name or type(e).__name__}{': ' + message if message else ''}"
-    if isinstance(e, error.ConnectError):
-        return e.osError and str(e.osError) or str(e)
     return str(e) or type(e).__name__
 
 
