@@ -118,25 +118,74 @@ class Hang(Resource):
 
     def __init__(self):
         super().__init__()
-        self.requests = 0
+        self.methods = []
 
     def render(self, request):
-        self.requests += 1
+        self.methods.append(request.method)
         return NOT_DONE_YET
 
 
 def test_timeout_is_not_retried():
-    """A timeout may mean the SMS went out: report it, never send a second copy."""
+    """AQL cannot say what it took: a timeout may mean the SMS went out, so it is reported,
+    never sent a second time."""
     hang, clock = Hang(), Clock()
-    gw = TwilioGateway(StubTreq(hang), clock, "AC1", "tok", sender="+15005550006", timeout=10)
+    gw = AQLGateway(StubTreq(hang), clock, "https://aql.example/gw", "mup", "pw", timeout=10)
     d = gw.send(NUMBER, "hello")
     clock.advance(9.9)
     assert not d.called
     clock.advance(0.1)
     result = result_of(d)
     assert result.status == "failed" and "did not answer in time" in result.reason
+    assert "may still arrive" in result.reason
     clock.pump([1] * 30)
-    assert hang.requests == 1
+    assert hang.methods == [b"POST"]
+
+
+def test_twilio_timeout_and_no_answer_to_the_check():
+    hang, clock = Hang(), Clock()
+    gw = TwilioGateway(StubTreq(hang), clock, "AC1", "tok", sender="+15005550006", timeout=10)
+    d = gw.send(NUMBER, "hello")
+    clock.pump([10, 10])
+    result = result_of(d)
+    assert result.status == "failed" and "may still arrive" in result.reason
+    clock.pump([1] * 30)
+    assert hang.methods == [b"POST", b"GET"]
+
+
+def test_twilio_timeout_after_create_is_found_not_resent():
+    """The answer was lost but Twilio created the message: the message list shows it."""
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    fake = FakeTwilio(clock=clock)
+    gw = TwilioGateway(StubTreq(fake), clock, fake.account_sid, fake.auth_token,
+                       sender="+15005550006", timeout=10)
+    fake.stall_next(after_create=True)
+    d = gw.send(NUMBER, "joe> only once")
+    clock.advance(10)
+    result = result_of(d)
+    assert result.status == "accepted"
+    assert [m["sid"] for m in fake.messages] == [result.message_id]
+    clock.pump([1] * 30)
+    assert len(fake.messages) == 1
+
+
+def test_twilio_timeout_before_create_is_retried_once():
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    fake = FakeTwilio(clock=clock)
+    # An older identical SMS (outside the window) must not count as this one.
+    fake.messages.append({"to": NUMBER, "body": "joe> again", "sid": "SMold",
+                          "date_created": "Thu, 01 Jan 2026 00:00:00 +0000"})
+    gw = TwilioGateway(StubTreq(fake), clock, fake.account_sid, fake.auth_token,
+                       sender="+15005550006", timeout=10)
+    fake.stall_next(after_create=False)
+    d = gw.send(NUMBER, "joe> again")
+    clock.advance(10)
+    assert not d.called
+    clock.advance(1)
+    result = result_of(d)
+    assert result.status == "accepted" and result.message_id != "SMold"
+    assert [m["body"] for m in fake.messages] == ["joe> again", "joe> again"]
 
 
 class RefuseFirst:

@@ -2,7 +2,9 @@
 
 A retry happens only when the gateway told us it did not take the SMS (HTTP 429 or 503) or we
 never reached it (connection refused, DNS failure).  A timeout or a connection lost after the
-request went out is ambiguous: the SMS may be on its way, so it is reported, never sent twice.
+request went out is ambiguous: where the gateway can say what it took (Twilio lists messages,
+``lookup``) it is asked, and the SMS retried only if it is not there; elsewhere (Kannel, AQL)
+it is reported as possibly sent, never sent twice.
 4xx answers are explained by the gateway class, never retried.
 """
 
@@ -21,7 +23,7 @@ from mup import metrics
 from mup.gateway import SendResult
 from mup.phone import mask_number
 
-__all__ = ["Answer", "HTTPGateway", "clean_reason", "real_http_client"]
+__all__ = ["Answer", "HTTPGateway", "Unknowable", "clean_reason", "real_http_client"]
 
 log = Logger()
 
@@ -88,7 +90,7 @@ class HTTPGateway:
     async def _send(self, number: str, text: str, reference: str) -> SendResult:
         method, url, kwargs = self.request(number, text, reference)
         result = await self._with_retries(method, url, kwargs,
-                                          lambda answer: self.parse(answer, text))
+                                          lambda answer: self.parse(answer, text), number, text)
         masked = mask_number(number)
         log.debug("{gateway}: SMS {reference} to {number}: {status} {reason}",
                   gateway=self.name, reference=reference, number=number,
@@ -134,26 +136,46 @@ class HTTPGateway:
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_timed_out)
         return d
 
+    async def lookup(self, number: str, text: str, since: float) -> SendResult | None:
+        """After an ambiguous failure: ask the gateway whether it took this SMS since
+        ``since``.  The result if it did, None if it surely did not (so a retry cannot send
+        it twice); raise :class:`Unknowable` where the gateway gives no way to tell."""
+        raise Unknowable()
+
     async def _with_retries(self, method: str, url: str, kwargs: dict[str, Any],
-                            parse: Callable[[Answer], SendResult]) -> SendResult:
+                            parse: Callable[[Answer], SendResult], number: str = "",
+                            text: str = "") -> SendResult:
         reason = ""
+        started = self._clock.seconds()
         for attempt in range(self.retries + 1):
             delay = min(self.backoff * 2 ** attempt, MAX_BACKOFF)
             try:
                 answer = await self._attempt(method, url, kwargs)
             except _NOT_SENT as e:
                 reason = f"could not reach the SMS gateway ({type(e).__name__})"
-            except TimeoutError:
-                return SendResult("failed", "the SMS gateway did not answer in time; the SMS "
-                                  "may still arrive, so check before sending it again")
             except Exception as e:
                 if _tls_failure(e):
                     return SendResult("failed", "could not verify the SMS gateway's TLS "
                                       "certificate; tell the bot's operator")
-                log.warn("{gateway}: request failed: {error}", gateway=self.name,
-                         error=type(e).__name__)
-                return SendResult("failed", "the connection to the SMS gateway broke; the SMS "
-                                  "may still arrive, so check before sending it again")
+                what = ("did not answer in time" if isinstance(e, TimeoutError)
+                        else "connection broke")
+                log.warn("{gateway}: {what} ({error}); the SMS may or may not be sent",
+                         gateway=self.name, what=what, error=type(e).__name__)
+                try:
+                    found = await self.lookup(number, text, started)
+                except Exception as unknown:
+                    if not isinstance(unknown, Unknowable):
+                        log.warn("{gateway}: could not check whether the SMS went out: "
+                                 "{error}", gateway=self.name, error=type(unknown).__name__)
+                    subject = ("the SMS gateway did not answer in time" if what.startswith("did")
+                               else "the connection to the SMS gateway broke")
+                    return SendResult("failed", f"{subject}; the SMS may still arrive, so "
+                                      "check before sending it again")
+                if found is not None:
+                    log.info("{gateway}: the SMS went out after all ({id})", gateway=self.name,
+                             id=found.message_id)
+                    return found
+                reason = f"the SMS gateway {what}"
             else:
                 if answer.code not in (429, 503):
                     return parse(answer)
@@ -168,6 +190,10 @@ class HTTPGateway:
         tries = self.retries + 1
         return SendResult("failed", f"{reason}; tried {tries} time{'s' if tries > 1 else ''}, "
                           "try again later")
+
+
+class Unknowable(Exception):
+    """The gateway gives no way to tell whether it took an SMS."""
 
 
 def _timed_out(result: Any, timeout: float) -> None:

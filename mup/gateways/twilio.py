@@ -1,12 +1,14 @@
 """Twilio's Messages API: a form POST with Basic auth, a JSON answer, delivery by StatusCallback.
 
-Twilio creates nothing when it answers 429 (or 503), so those are retried; its 4xx error codes
-are turned into reasons a user can act on.
+Twilio creates nothing when it answers 429 (or 503), so those are retried; after a timeout the
+message list says whether the SMS was created, so it is retried only if it was not.  Its 4xx
+error codes are turned into reasons a user can act on.
 """
 
 from __future__ import annotations
 
 import json
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +19,9 @@ from mup.gateways import Answer, HTTPGateway, clean_reason
 from mup.segments import count
 
 __all__ = ["ERRORS", "TwilioGateway"]
+
+CLOCK_SKEW = 120.0
+"""Seconds of difference between our clock and Twilio's tolerated when matching messages."""
 
 ERRORS = {
     21211: "the number is not a valid phone number for the gateway",
@@ -95,6 +100,28 @@ class TwilioGateway(HTTPGateway):
             return SendResult("failed", ERRORS[20003])
         return SendResult("failed", self._explain(body.get("code"), body.get("message"),
                                                   answer.code))
+
+    async def lookup(self, number: str, text: str, since: float) -> SendResult | None:
+        """Twilio lists the messages sent to a number: after a timeout, look for this one
+        (same body, created since the first attempt, allowing for clock skew) before any
+        retry, so a retry never sends it twice."""
+        answer = await self._attempt("GET", self.messages_url, {
+            "params": [("To", number), ("PageSize", "20")],
+            "auth": (self.account_sid, self._auth_token),
+            "headers": {"Accept": "application/json"}})
+        if answer.code != 200:
+            raise RuntimeError(f"listing messages answered HTTP {answer.code}")
+        messages = json.loads(answer.body).get("messages") or []
+        for message in messages:
+            if message.get("body") != text:
+                continue
+            try:
+                created = parsedate_to_datetime(message.get("date_created") or "").timestamp()
+            except (TypeError, ValueError):
+                continue
+            if created >= since - CLOCK_SKEW:
+                return self.parse(Answer(201, json.dumps(message).encode()), text)
+        return None
 
     @staticmethod
     def _explain(code: Any, message: Any, http_code: int | None = None) -> str:

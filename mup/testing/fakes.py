@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 import phonenumbers
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mup.segments import count
 
@@ -69,15 +71,26 @@ class FakeTwilio(_Fake):
 
     Answers 201 with the message JSON, 401 (20003) for a wrong login, 400 with 21211 for an
     invalid ``To``, 21610 for a number in ``opted_out``, 21602 for an empty body, 21603 for a
-    missing sender, 21617 for a body over 1600 characters.
+    missing sender, 21617 for a body over 1600 characters.  ``GET`` on the same URL lists the
+    messages (``To`` filter, newest first), as Twilio's list API does; ``stall_next`` makes a
+    POST never answer, before or after creating the message.
     """
 
-    def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "secret-token"
-                 ) -> None:
+    def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "secret-token",
+                 clock: Any = None) -> None:
         super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.opted_out: set[str] = set()
+        self.clock = clock
+        """Anything with ``seconds()`` (e.g. ``task.Clock``) for ``date_created``; default
+        the wall clock."""
+        self._stall: list[bool] = []
+
+    def stall_next(self, after_create: bool) -> None:
+        """Never answer the next POST (the client times out); create the message first if
+        ``after_create``, as when an answer is lost on the way back."""
+        self._stall.append(after_create)
 
     def fail_next(self, status: int, code: int | None = None, times: int = 1,
                   retry_after: str | None = None) -> None:
@@ -105,8 +118,13 @@ class FakeTwilio(_Fake):
             return self._error(request, 401, 20003, "Authenticate")
         if request.path != path:
             return self._error(request, 404, 20404, "The requested resource was not found")
+        if request.method == b"GET":
+            return self._list(request)
         if request.method != b"POST":
             return self._error(request, 405, 20004, "Method not allowed")
+        stall = self._stall.pop(0) if self._stall else None
+        if stall is False:
+            return NOT_DONE_YET
         to, body = self._arg(request, "To") or "", self._arg(request, "Body")
         sender = self._arg(request, "From")
         service = self._arg(request, "MessagingServiceSid")
@@ -130,11 +148,24 @@ class FakeTwilio(_Fake):
             "num_segments": str(count(body).segments), "direction": "outbound-api",
             "error_code": None, "error_message": None,
             "status_callback": self._arg(request, "StatusCallback"),
+            "date_created": formatdate(self.clock.seconds() if self.clock else time.time(),
+                                       usegmt=False),
         }
         self.messages.append(message)
+        if stall:
+            return NOT_DONE_YET
         request.setResponseCode(201)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(message).encode()
+
+
+    def _list(self, request: Request) -> bytes:
+        """``GET Messages.json?To=...``: the account's messages, newest first."""
+        to = self._arg(request, "To")
+        found = [m for m in reversed(self.messages) if to is None or m["to"] == to]
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"messages": found[:int(self._arg(request, "PageSize") or 50)],
+                           "page": 0}).encode()
 
 
 class FakeAQL(_Fake):
