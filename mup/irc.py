@@ -215,7 +215,8 @@ class IRCProtocol(Protocol):
         """Queue a line behind the flood control."""
         if self._lost:
             return
-        self._queue.append(_encode(format_line(command, *params)))
+        trailing = command in ("PRIVMSG", "NOTICE")
+        self._queue.append(_encode(format_line(command, *params, trailing=trailing)))
         self._pump()
 
     def _pump(self) -> None:
@@ -676,6 +677,12 @@ def _encode(line: str) -> bytes:
     return data + b"\r\n"
 
 
+def retry_policy(max_delay: float) -> Any:
+    """Seconds to wait before reconnect attempt N: 1, 2, 4, ... up to ``max_delay``, plus up
+    to a second of jitter so a fleet of bots does not reconnect in step."""
+    return backoffPolicy(initialDelay=1.0, maxDelay=max_delay, factor=2.0, jitter=random.random)
+
+
 class _IRCFactory(Factory):
     def __init__(self, service: IRCService) -> None:
         self.service = service
@@ -697,9 +704,9 @@ class IRCService(MultiService):
         self.protocol: IRCProtocol | None = None
         self._waiting: list[Deferred[None]] = []
         endpoint = clientFromString(reactor, config.irc.endpoint)
-        retry = backoffPolicy(initialDelay=1.0, maxDelay=config.irc.reconnect_max_delay,
-                              factor=2.0, jitter=random.random)
-        self.client = ClientService(endpoint, _IRCFactory(self), retryPolicy=retry, clock=reactor)
+        self.client = ClientService(endpoint, _IRCFactory(self),
+                                    retryPolicy=retry_policy(config.irc.reconnect_max_delay),
+                                    clock=reactor)
         self.client.setServiceParent(self)
 
     @property

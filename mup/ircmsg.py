@@ -95,17 +95,18 @@ def parse(line: str) -> Message:
     return Message(words[0].upper(), tuple(params), prefix, tags)
 
 
-def format_line(command: str, *params: str) -> str:
+def format_line(command: str, *params: str, trailing: bool = False) -> str:
     """One outgoing line (without CR LF) from a command and parameters.
 
     Every parameter is sanitized; the last one becomes a trailing parameter when it needs to
-    (spaces, a leading colon, empty).  Raises ValueError for a middle parameter with a space.
+    (spaces, a leading colon, empty) or ``trailing`` is true.  Raises ValueError for a middle
+    parameter with a space.
     """
     parts = [sanitize(command)]
     for i, p in enumerate(params):
         p = sanitize(p)
         last = i == len(params) - 1
-        if last and (not p or " " in p or p.startswith(":")):
+        if last and (trailing or not p or " " in p or p.startswith(":")):
             parts.append(":" + p)
         elif " " in p or not p or p.startswith(":"):
             raise ValueError(f"IRC parameter {p!r} may only be the last one")
