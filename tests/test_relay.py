@@ -321,3 +321,30 @@ def test_healthz_and_metrics_show_backlog_oldest_age_and_last_pull(h: Harness) -
     assert "mup_relay_backlog 2.0" in text
     assert "mup_relay_oldest_undelivered_age_seconds 65.0" in text
     assert "mup_relay_last_pull_timestamp_seconds 1060.0" in text
+
+
+# -- over the real journal ---------------------------------------------------------------------
+
+def test_acknowledgements_survive_reopening_the_real_journal(tmp_path: Any) -> None:
+    from mup.journal import Journal
+
+    clock = Clock()
+    journal = Journal.open(str(tmp_path), reactor=clock)
+    relay = Relay(journal, TOKEN, 30, clock, epoch="e1")
+    http = StubTreq(relay.resource())
+    for i in range(3):
+        d = journal.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"})
+        clock.advance(0)  # the group commit runs on the next turn
+        relay.accepted(d.result)
+    d = http.post(BASE + "/relay/ack", headers=AUTH, json={"ids": ["kannel:m1"]})
+    for _ in range(3):
+        clock.advance(0)
+        http.flush()
+    assert d.result.code == 200
+    journal.close()
+    reopened = Journal.open(str(tmp_path), reactor=clock)
+    assert [e.key for e in reopened.pending()] == ["kannel:m0", "kannel:m2"]
+    relay = Relay(reopened, TOKEN, 30, clock, epoch="e2")
+    assert relay.backlog == 2
+    assert relay.health()["relay_backlog"] == 2
+    reopened.close()

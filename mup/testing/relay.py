@@ -81,6 +81,84 @@ class RelayProcess:
         return KannelPoster("127.0.0.1", self.port, self.kannel_token)
 
 
+class AckGate:
+    """A TCP forwarder between the bot and the relay that can hold back acknowledgements.
+
+    While ``holding`` is set, a connection on which the bot sends ``POST /relay/ack`` is frozen
+    (nothing more is forwarded either way): the relay never hears of that ack, exactly as if
+    the bot had died between the IRC server's confirmation and the ack.  Pulls go through."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.holding = threading.Event()
+        self.held = 0
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._sockets: list[Any] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            frozen = threading.Event()
+            self._sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, frozen, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, frozen, False),
+                             daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, frozen: Any, upstream: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and self.holding.is_set() and b"POST /relay/ack" in data:
+                    self.held += 1
+                    frozen.set()
+                if frozen.is_set():
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if not frozen.is_set():
+                for s in (src, dst):
+                    try:
+                        s.shutdown(2)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for s in self._sockets:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
 class KannelPoster:
     """Posts MO SMS the way Kannel's get-url does (``GET /kannel/mo?...&token=``), on one
     keep-alive connection; ``post_many`` uses several at once."""
