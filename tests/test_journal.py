@@ -1,0 +1,616 @@
+"""The inbound journal on a real directory: durability, dedupe, recovery from torn or bad files.
+
+Writes run synchronously on a ``task.Clock`` (``clock.advance(0)`` is one reactor turn), so the
+tests never sleep; crashes are simulated by a file system that dies part-way through a write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mup.journal import Entry, FileSystem, Journal, JournalError
+
+WEEK = 7 * 86400.0
+
+
+def open_journal(path: Path, clock: Clock, **kw: Any) -> Journal:
+    return Journal.open(str(path), clock, **kw)
+
+
+def results(ds: list) -> list:
+    """Attach result collectors to Deferreds; the list fills in as they fire."""
+    out: list = [None] * len(ds)
+    for i, d in enumerate(ds):
+        d.addBoth(lambda r, i=i: out.__setitem__(i, r))
+    return out
+
+
+def append_all(j: Journal, clock: Clock, keys: list[str]) -> list:
+    got = results([j.append(k, {"text": f"message {k}"}) for k in keys])
+    clock.advance(0)
+    return got
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("*.seg"))
+
+
+def disk_use(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+class CountingFS(FileSystem):
+    """The real file system, counting fsyncs."""
+
+    def __init__(self) -> None:
+        self.fsyncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
+        super().fsync(fd)
+
+
+class SimulatedCrash(BaseException):
+    """The process died here (a BaseException: the journal's error handling never sees it)."""
+
+
+class CrashFS(FileSystem):
+    """The real file system that dies after writing ``budget`` more bytes, and remembers how much
+    of each file was fsync'd (what a power cut would keep)."""
+
+    def __init__(self) -> None:
+        self.budget: int | None = None
+        self.paths: dict[int, str] = {}
+        self.synced: dict[str, int] = {}
+
+    def create(self, path: str) -> int:
+        fd = super().create(path)
+        self.paths[fd] = path
+        self.synced[path] = 0
+        return fd
+
+    def open(self, path: str) -> int:
+        fd = super().open(path)
+        self.paths[fd] = path
+        self.synced[path] = os.fstat(fd).st_size
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.paths.pop(fd, None)
+        super().close(fd)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if self.budget is not None and len(data) > self.budget:
+            super().pwrite(fd, data[: self.budget], offset)
+            self.budget = None
+            raise SimulatedCrash()
+        if self.budget is not None:
+            self.budget -= len(data)
+        super().pwrite(fd, data, offset)
+
+    def fsync(self, fd: int) -> None:
+        super().fsync(fd)
+        self.synced[self.paths[fd]] = os.fstat(fd).st_size
+
+    def replace(self, src: str, dst: str) -> None:
+        super().replace(src, dst)
+        self.synced[dst] = self.synced.pop(src, 0)
+
+    def abandon(self) -> None:
+        """Close every descriptor without writing anything: the process is gone."""
+        for fd in list(self.paths):
+            self.close(fd)
+
+
+class FailingFS(FileSystem):
+    """The real file system where chosen calls fail with an OSError, as a full or broken disk."""
+
+    def __init__(self) -> None:
+        self.fail: dict[str, int] = {}
+        """call -> errno: fails every time."""
+        self.once: dict[str, int] = {}
+        """call -> errno: fails the next time only (Linux reports an fsync EIO once)."""
+
+    def _maybe_fail(self, call: str) -> None:
+        code = self.once.pop(call, None) or self.fail.get(call)
+        if code:
+            raise OSError(code, os.strerror(code))
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if "pwrite" in self.fail or "pwrite" in self.once:
+            super().pwrite(fd, data[: len(data) // 2], offset)  # part of it reaches the file
+            self._maybe_fail("pwrite")
+        super().pwrite(fd, data, offset)
+
+    def fsync(self, fd: int) -> None:
+        self._maybe_fail("fsync")
+        super().fsync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        self._maybe_fail("ftruncate")
+        super().ftruncate(fd, size)
+
+    def create(self, path: str) -> int:
+        self._maybe_fail("create")
+        return super().create(path)
+
+
+# -- basics -----------------------------------------------------------------------------------
+
+
+def test_append_fires_after_the_write_and_keeps_order(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    j = open_journal(tmp_path, clock)
+    d = j.append("kannel:1", {"text": "hi"})
+    assert not d.called  # not on disk yet
+    assert j.pending() == [] and j.backlog == 0
+    clock.advance(0)
+    assert d.result == Entry(1, "kannel:1", {"text": "hi"}, 1000.0)
+    got = append_all(j, clock, [f"kannel:{i}" for i in range(2, 7)])
+    assert [e.seq for e in got] == [2, 3, 4, 5, 6]
+    assert [e.key for e in j.pending()] == [f"kannel:{i}" for i in range(1, 7)]
+    assert len(j) == 6 and j.writable()
+    j.close()
+    assert not j.writable()
+
+
+def test_concurrent_appends_share_one_fsync(tmp_path: Path) -> None:
+    clock, fs = Clock(), CountingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    before = fs.fsyncs
+    got = append_all(j, clock, [f"k:{i}" for i in range(16)])
+    assert all(isinstance(e, Entry) for e in got)
+    assert fs.fsyncs - before == 1
+    done = results([j.mark_done(e.seq) for e in got])
+    clock.advance(0)
+    assert done == [None] * 16 and fs.fsyncs - before == 2
+    j.close()
+
+
+def test_record_must_be_json_and_key_sane(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    for key, record, error in [("k", {"x": object()}, TypeError), ("k", {"x": float("nan")},
+                               TypeError), ("", {}, ValueError), ("k" * 2000, {}, ValueError),
+                               ("k", ["not", "a", "dict"], TypeError)]:
+        got = results([j.append(key, record)])
+        assert isinstance(got[0], Failure) and got[0].check(error), (key, record)
+    got = append_all(j, clock, ["k"])
+    assert got[0].seq == 1  # refused appends used no sequence number
+    j.close()
+
+
+def test_record_round_trips_unicode_and_nesting(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    record = {"text": "caf\u00e9 \U0001f600 \x00\r\n", "extra": {"a": [1, 2.5, None, True]}}
+    got = results([j.append("u", record)])
+    clock.advance(0)
+    assert got[0].record == record
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert j.pending()[0].record == record
+    j.close()
+
+
+# -- dedupe -----------------------------------------------------------------------------------
+
+
+def test_duplicate_keys_answer_none(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    got = results([j.append("twilio:SM1", {"n": 1}), j.append("twilio:SM1", {"n": 2})])
+    clock.advance(0)
+    first, again_inflight = got
+    assert isinstance(first, Entry) and again_inflight is None
+    assert append_all(j, clock, ["twilio:SM1"]) == [None]          # pending
+    results([j.mark_done(first.seq)])
+    clock.advance(0)
+    assert append_all(j, clock, ["twilio:SM1"]) == [None]          # delivered
+    assert j.pending() == []
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert append_all(j, clock, ["twilio:SM1"]) == [None]          # after reopen
+    j.close()
+
+
+def test_duplicate_of_a_failed_append_fails_too(tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    fs.once["fsync"] = errno.EIO
+    got = results([j.append("k", {}), j.append("k", {})])
+    clock.advance(0)
+    assert all(isinstance(r, Failure) and r.check(JournalError) for r in got)
+    assert isinstance(append_all(j, clock, ["k"])[0], Entry)  # the retry is accepted
+    j.close()
+
+
+def test_keys_outlive_deleted_segments_until_the_window_ends(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock, segment_bytes=512)
+    keys = [f"kannel:{i}" for i in range(40)]
+    entries = []
+    for k in keys:  # one batch each, so rotation happens along the way
+        entries += append_all(j, clock, [k])
+    assert len(segments(tmp_path)) > 3
+    grown = disk_use(tmp_path)
+    results([j.mark_done(e.seq) for e in entries])
+    clock.advance(0)
+    append_all(j, clock, ["kannel:new"])  # moves on from the last full segment
+    clock.advance(0)
+    assert len(segments(tmp_path)) <= 2
+    assert disk_use(tmp_path) < grown
+    assert append_all(j, clock, keys) == [None] * 40  # still duplicates
+    j.close()
+    j = open_journal(tmp_path, clock, segment_bytes=512)
+    assert [e.key for e in j.pending()] == ["kannel:new"]
+    assert append_all(j, clock, keys) == [None] * 40  # from the keys file
+    clock.advance(WEEK + 1)
+    assert all(isinstance(e, Entry) for e in append_all(j, clock, keys[:3]))  # window over
+    j.close()
+
+
+def test_keys_file_is_compacted_at_open(tmp_path: Path) -> None:
+    clock = Clock()
+    kw = {"segment_bytes": 2048, "dedupe_window": 100.0}
+    j = open_journal(tmp_path, clock, **kw)
+    for n in range(100):
+        got = append_all(j, clock, [f"k:{n}:{i}" for i in range(30)])
+        results([j.mark_done(e.seq) for e in got])
+        clock.advance(0)
+    j.close()
+    big = (tmp_path / "keys").stat().st_size
+    assert big > 40_000
+    clock.advance(1000)
+    j = open_journal(tmp_path, clock, **kw)
+    assert (tmp_path / "keys").stat().st_size < big // 10
+    assert isinstance(append_all(j, clock, ["k:1:1"])[0], Entry)  # expired key accepted again
+    j.close()
+
+
+# -- deletion ---------------------------------------------------------------------------------
+
+
+def test_done_records_keep_older_segments_alive(tmp_path: Path) -> None:
+    """A segment holding done-records for an older, still-live segment must not go first, or
+    the older segment's delivered messages would come back at the next start."""
+    clock = Clock()
+    kw = {"segment_bytes": 100}
+    j = open_journal(tmp_path, clock, **kw)
+    a = append_all(j, clock, ["a1", "a2", "a3"])  # segment 1
+    b = append_all(j, clock, ["b1"])              # segment 2 (1 is full)
+    results([j.mark_done(a[0].seq), j.mark_done(a[1].seq)])
+    clock.advance(0)                              # done-records in segment 2
+    later = [e for i in range(6) for e in append_all(j, clock, [f"c{i}" * 40])]
+    results([j.mark_done(e.seq) for e in [b[0], *later]])
+    clock.advance(0)
+    append_all(j, clock, ["d"])
+    names = [p.name for p in segments(tmp_path)]
+    assert names[:2] == ["0000000000000001.seg", "0000000000000002.seg"]  # a3 pins both
+    j.close()
+    j = open_journal(tmp_path, clock, **kw)
+    assert [e.key for e in j.pending()] == ["a3", "d"]
+    results([j.mark_done(j.pending()[0].seq)])
+    clock.advance(0)
+    assert len(segments(tmp_path)) == 1  # everything else went, oldest first
+    j.close()
+    assert [e.key for e in open_journal(tmp_path, clock, **kw).pending()] == ["d"]
+
+
+def test_all_delivered_leaves_almost_nothing(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock, segment_bytes=4096)
+    for n in range(50):
+        got = append_all(j, clock, [f"k:{n}:{i}" for i in range(20)])
+        results([j.mark_done(e.seq) for e in got])
+        clock.advance(0)
+    assert len(segments(tmp_path)) <= 2
+    j.close()
+    j = open_journal(tmp_path, clock, segment_bytes=4096)
+    assert j.recovery.pending == 0 and j.recovery.segments <= 2
+    j.close()
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path) -> None:
+    clock = Clock()
+    src = tmp_path / "src"
+    j = open_journal(src, clock)
+    for i in range(4):
+        append_all(j, clock, [f"k:{i}"])
+    [seg] = segments(src)
+    start = seg.stat().st_size
+    append_all(j, clock, ["k:last"])
+    j.close()
+    data = seg.read_bytes()
+    assert len(data) > start + 20
+    for cut in range(start, len(data)):
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(src, d)
+        (d / seg.name).write_bytes(data[:cut])
+        j = open_journal(d, clock)
+        assert [e.key for e in j.pending()] == [f"k:{i}" for i in range(4)], cut
+        assert j.recovery.torn_bytes == cut - start and j.recovery.corrupt_records == 0
+        assert (d / seg.name).stat().st_size == start  # cut for good
+        got = append_all(j, clock, ["k:last", "k:after"])  # the journal goes on
+        assert all(isinstance(e, Entry) for e in got) and got[0].seq == 5
+        j.close()
+        j = open_journal(d, clock)
+        assert j.recovery.torn_bytes == 0 and len(j) == 6
+        j.close()
+        shutil.rmtree(d)
+
+
+def test_corrupt_middle_record_is_skipped_and_reported(tmp_path: Path) -> None:
+    clock = Clock()
+    src = tmp_path / "src"
+    j = open_journal(src, clock)
+    offsets = []
+    for i in range(5):
+        offsets.append(segments(src)[0].stat().st_size)
+        append_all(j, clock, [f"k:{i}"])
+    offsets.append(segments(src)[0].stat().st_size)
+    j.close()
+    [seg] = segments(src)
+    data = seg.read_bytes()
+    for pos in range(offsets[2], offsets[3]):  # every byte of the third record
+        d = tmp_path / f"flip{pos}"
+        shutil.copytree(src, d)
+        broken = bytearray(data)
+        broken[pos] ^= 0x40
+        (d / seg.name).write_bytes(bytes(broken))
+        j = open_journal(d, clock)
+        assert [e.key for e in j.pending()] == ["k:0", "k:1", "k:3", "k:4"], pos
+        assert j.recovery.corrupt_records == 1 and j.recovery.torn_bytes == 0
+        j.close()
+        shutil.rmtree(d)
+
+
+def test_garbage_and_damaged_headers_never_stop_start_up(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    append_all(j, clock, ["a", "b"])
+    j.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[0] ^= 1  # the segment's magic
+    seg.write_bytes(bytes(data) + os.urandom(3000).replace(b"\xa5", b"x"))
+    (tmp_path / "keys").write_bytes(b"\xa5" * 100)
+    (tmp_path / "0000000000000009.seg").write_bytes(b"MUP")  # a rotation cut short
+    (tmp_path / "notes.txt").write_text("left alone")
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["a", "b"]
+    assert j.recovery.corrupt_records >= 1 and j.recovery.torn_bytes >= 3000
+    assert isinstance(append_all(j, clock, ["c"])[0], Entry)
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["a", "b", "c"]
+    assert j.pending()[2].seq > 2
+    j.close()
+
+
+def test_reopen_after_crash_keeps_acknowledged_records(tmp_path: Path) -> None:
+    clock, fs = Clock(), CrashFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    acked = append_all(j, clock, ["a", "b"])
+    results([j.mark_done(acked[0].seq)])
+    clock.advance(0)
+    lost = results([j.append("c", {})])
+    fs.budget = 5
+    with pytest.raises(SimulatedCrash):
+        clock.advance(0)
+    assert lost == [None]  # never answered
+    fs.abandon()
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["b"]
+    assert j.recovery.torn_bytes == 5
+    assert isinstance(append_all(j, clock, ["c"])[0], Entry)
+    j.close()
+
+
+def test_sequence_numbers_never_go_back(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock, segment_bytes=200)
+    top = 0
+    for i in range(30):
+        [e] = append_all(j, clock, [f"k:{i}"])
+        results([j.mark_done(e.seq)])
+        clock.advance(0)
+        top = e.seq
+    j.close()
+    j = open_journal(tmp_path, clock, segment_bytes=200)
+    [e] = append_all(j, clock, ["next"])
+    assert e.seq > top
+    j.close()
+
+
+# -- failing disks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call,code,persistent", [("pwrite", errno.ENOSPC, True),
+                                                 ("fsync", errno.EIO, False)])
+def test_failed_write_errbacks_and_leaves_the_journal_whole(tmp_path: Path, call: str,
+                                                            code: int, persistent: bool) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    append_all(j, clock, ["a"])
+    (fs.fail if persistent else fs.once)[call] = code
+    got = append_all(j, clock, ["b", "c"])
+    assert all(isinstance(r, Failure) and r.check(JournalError) for r in got)
+    assert j.writable()  # the partial write was cut
+    fs.fail.clear()
+    assert isinstance(append_all(j, clock, ["b"])[0], Entry)
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["a", "b"]
+    assert j.recovery.torn_bytes == 0 and j.recovery.corrupt_records == 0
+    j.close()
+
+
+def test_write_that_cannot_be_undone_makes_the_journal_unwritable_until_it_can(
+        tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    append_all(j, clock, ["a"])
+    fs.fail.update(pwrite=errno.EIO, ftruncate=errno.EIO)
+    assert isinstance(append_all(j, clock, ["b"])[0], Failure)
+    assert not j.writable()
+    fs.fail.clear()
+    assert isinstance(append_all(j, clock, ["b"])[0], Entry)  # first cuts the bad tail
+    assert j.writable()
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["a", "b"] and j.recovery.corrupt_records == 0
+    j.close()
+
+
+def test_failed_mark_done_puts_the_message_back(tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    entries = append_all(j, clock, ["a", "b", "c"])
+    fs.once["fsync"] = errno.EIO
+    done = results([j.mark_done(entries[0].seq)])
+    assert [e.key for e in j.pending()] == ["b", "c"]  # on its way
+    clock.advance(0)
+    assert isinstance(done[0], Failure)
+    assert [e.key for e in j.pending()] == ["a", "b", "c"]
+    j.close()
+
+
+def test_failed_rotation_errbacks_and_retries(tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs, segment_bytes=100)
+    append_all(j, clock, ["a", "b"])
+    fs.fail["create"] = errno.ENOSPC
+    assert isinstance(append_all(j, clock, ["c"])[0], Failure)
+    del fs.fail["create"]
+    assert isinstance(append_all(j, clock, ["c"])[0], Entry)
+    assert len(segments(tmp_path)) == 2
+    j.close()
+
+
+def test_close_fails_what_was_not_written(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    got = results([j.append("a", {})])
+    j.close()
+    assert isinstance(got[0], Failure) and got[0].check(JournalError)
+    assert isinstance(results([j.append("b", {})])[0], Failure)
+    assert open_journal(tmp_path, clock).pending() == []
+
+
+# -- the property -----------------------------------------------------------------------------
+
+KEYS = [f"kannel:{i}" for i in range(12)]
+
+operations = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.sampled_from(KEYS)),
+    st.tuples(st.just("done"), st.integers(0, 20)),
+    st.tuples(st.just("turn")),
+    st.tuples(st.just("crash"), st.none() | st.integers(0, 400), st.floats(0, 1)),
+    st.tuples(st.just("reopen")),
+    st.tuples(st.just("time"), st.sampled_from([1.0, 3600.0])),
+), max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(ops=operations)
+def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list) -> None:
+    path = tmp_path_factory.mktemp("j")
+    clock, fs = Clock(), CrashFS()
+    kw = {"segment_bytes": 256, "dedupe_window": 86400.0}
+    j = open_journal(path, clock, fs=fs, **kw)
+    acked: dict[int, str] = {}       # seq -> key: appends whose Deferred fired with an Entry
+    asked_done: set[int] = set()     # mark_done was called
+    done: set[int] = set()           # ... and fired
+    acked_at: dict[str, float] = {}
+    journaled: set[str] = set()      # keys known to be on disk (acked, or found pending)
+
+    def on_append(result: Any, key: str) -> None:
+        if isinstance(result, Entry):
+            assert result.key == key and result.seq not in acked
+            assert key not in acked_at or acked_at[key] < clock.seconds() - kw["dedupe_window"]
+            acked[result.seq] = key
+            acked_at[key] = result.appended
+            journaled.add(key)
+        elif result is None:  # a duplicate: the key must be journaled
+            assert key in journaled
+        else:
+            result.trap(JournalError)
+
+    def on_done(result: Any, seq: int) -> None:
+        if result is None:
+            done.add(seq)
+        else:
+            result.trap(JournalError)
+
+    def check() -> None:
+        pending = j.pending()
+        seqs = [e.seq for e in pending]
+        assert seqs == sorted(set(seqs))
+        assert len({e.key for e in pending}) == len(pending)
+        for e in pending:
+            assert e.seq not in done
+            if e.seq in acked:
+                assert acked[e.seq] == e.key
+        for seq in acked:
+            assert seq in seqs or seq in asked_done, seq
+        journaled.update(e.key for e in pending)
+
+    for op in ops:
+        if op[0] == "append":
+            j.append(op[1], {"text": op[1]}).addBoth(on_append, op[1])
+        elif op[0] == "done":
+            pending = j.pending()
+            if pending:
+                seq = pending[op[1] % len(pending)].seq
+                asked_done.add(seq)
+                j.mark_done(seq).addBoth(on_done, seq)
+        elif op[0] == "turn":
+            clock.advance(0)
+        elif op[0] == "time":
+            clock.advance(op[1])
+        elif op[0] == "crash":
+            _, budget, cut = op
+            fs.budget = budget
+            try:
+                clock.advance(0)
+            except SimulatedCrash:
+                pass
+            fs.budget = None
+            fs.abandon()
+            # A power cut may also lose what was written but not fsync'd.
+            for seg in segments(path):
+                size = seg.stat().st_size
+                synced = fs.synced.get(str(seg), size)
+                if size > synced:
+                    os.truncate(seg, synced + int((size - synced) * cut))
+            fs = CrashFS()
+            j = open_journal(path, clock, fs=fs, **kw)
+            check()
+        else:
+            clock.advance(0)
+            j.close()
+            j = open_journal(path, clock, fs=fs, **kw)
+            assert j.recovery.torn_bytes == 0 and j.recovery.corrupt_records == 0
+            check()
+        check()
+    clock.advance(0)
+    j.close()
+    j = open_journal(path, clock, **kw)
+    check()
+    j.close()
