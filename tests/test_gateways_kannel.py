@@ -10,7 +10,7 @@ from twisted.web.server import Site
 
 from mup.gateways import real_http_client
 from mup.gateways.kannel import KannelGateway
-from mup.testing.kannel import MT
+from mup.testing.kannel import MT, Kannel
 from mup.testing.process import free_port, wait_for
 
 NUMBER = "+447911123456"
@@ -87,7 +87,7 @@ def test_kannel_down_is_retried_then_reported(kannel, sms_reactor):
     assert "could not reach the SMS gateway" in result.reason and "3 times" in result.reason
 
 
-class DLR(Resource):
+class Recorder(Resource):
     isLeaf = True
 
     def __init__(self):
@@ -102,7 +102,7 @@ class DLR(Resource):
 def test_dlr_url_called_with_reference(kannel, sms_reactor):
     """Kannel calls <public_url>/kannel/dlr?ref=<reference>&status=%d&token=<token>: the
     format the webhook receiver parses."""
-    dlr = DLR()
+    dlr = Recorder()
     port = sms_reactor.call(reactor.listenTCP, 0, Site(dlr), interface="127.0.0.1")
     try:
         public = f"http://127.0.0.1:{port.getHost().port}/"
@@ -115,3 +115,23 @@ def test_dlr_url_called_with_reference(kannel, sms_reactor):
     path, query = dlr.calls[0]
     assert path == b"/kannel/dlr"
     assert query == {"ref": ["abc123"], "status": ["1"], "token": ["tok&en"]}
+
+
+def test_inject_mo_reaches_the_get_url(tmp_path, sms_reactor):
+    """The launcher's MO side, which the inbound tests and the demo use."""
+    mo = Recorder()
+    port = sms_reactor.call(reactor.listenTCP, 0, Site(mo), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}/mo?from=%p&to=%P&text=%a&id=%I"
+    server = Kannel(tmp_path, get_url=url)
+    try:
+        server.start()
+        server.inject_mo("+447911123456", "4242", "on my way")
+        server.inject_mo("+447911123456", "4242", "já vou 😀")
+        wait_for(lambda: len(mo.calls) == 2, 15, "two MO at the get-url")
+    finally:
+        server.stop()
+        sms_reactor.call(port.stopListening)
+    texts = sorted(query["text"][0] for _path, query in mo.calls)
+    assert texts == ["já vou 😀", "on my way"]
+    assert all(query["from"] == ["+447911123456"] and query["to"] == ["4242"]
+               for _path, query in mo.calls)

@@ -80,6 +80,8 @@ class Kannel:
         self.smsbox: ServerProcess | None = None
         self.fakesmsc: ServerProcess | None = None
         self._smsc_logs: list[Path] = []
+        self._injected_here = 0
+        """MO sent by the current fakesmsc process (its log counts from 1)."""
 
     @property
     def sendsms_url(self) -> str:
@@ -145,6 +147,7 @@ class Kannel:
         self.smsbox = ServerProcess([SMSBOX, "-v", "1", str(conf)],
                                     self.directory / "smsbox.log", cwd=self.directory)
         self.smsbox.wait_for_port(self.sendsms_port)
+        wait_for(self.smsbox_connected, 15, "smsbox to connect to bearerbox", self.smsbox.alive)
         if self.connect_smsc:
             self.start_smsc()
         return self
@@ -156,6 +159,12 @@ class Kannel:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode("utf-8", "replace")
 
+    def smsbox_connected(self) -> bool:
+        try:
+            return "smsbox:" in self.status()
+        except OSError:
+            return False
+
     def smsc_online(self) -> bool:
         try:
             return bool(re.search(r"fake1\S*\s.*\(online", self.status()))
@@ -163,12 +172,14 @@ class Kannel:
             return False
 
     def start_smsc(self, timeout: float = 15.0) -> None:
-        """Connect the fake SMSC (again); queued SMS then flow to it."""
+        """Connect the fake SMSC (again); queued SMS then flow to it.  With no message
+        arguments and no ``-m`` limit fakesmsc reads the SMS to inject from its stdin."""
         log = self.directory / f"fakesmsc-{len(self._smsc_logs)}.log"
         self._smsc_logs.append(log)
+        self._injected_here = 0
         self.fakesmsc = ServerProcess(
-            [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.smsc_port), "-i", "0.01", "-m", "0",
-             "1 2 text unused"], log, cwd=self.directory, stdin=subprocess.PIPE)
+            [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.smsc_port), "-i", "0.01", "-m", "-1"],
+            log, cwd=self.directory, stdin=subprocess.PIPE)
         wait_for(self.smsc_online, timeout, "the fake SMSC to be online",
                  self.fakesmsc.alive)
 
@@ -190,8 +201,13 @@ class Kannel:
             line = f"{sender} {receiver} text {text}\n"
         else:
             line = f"{sender} {receiver} ucs2 {urllib.parse.quote(text.encode('utf-16-be'))}\n"
+        # fakesmsc takes one line per read: write the next only once it sent the last.
         self.fakesmsc.proc.stdin.write(line.encode())
         self.fakesmsc.proc.stdin.flush()
+        wanted = f"fakesmsc: sent message {self._injected_here + 1}"
+        wait_for(lambda: wanted in self.fakesmsc.output(), 10, "fakesmsc to send the MO",
+                 self.fakesmsc.alive)
+        self._injected_here += 1
 
     def received(self) -> list[MT]:
         """Every SMS the fake SMSC received so far, in order, concatenated parts joined."""
