@@ -267,6 +267,9 @@ class Demo:
             except Exception as e:  # keep stopping the others
                 say(f"(stopping {name}: {e})")
         self.stoppers.clear()
+        left = [f"{name} (PID {proc.pid})" for name, proc in self.watched if proc.alive()]
+        if left:
+            say("demo: still running, stop them by hand: " + ", ".join(left))
         if self.phone_fd is not None:
             os.close(self.phone_fd)
             self.phone_fd = None
@@ -277,7 +280,7 @@ class Demo:
 
 def bot_in_channel(irc_port: int, nick: str, channel: str) -> bool:
     """Ask the IRC server (NAMES) whether ``nick`` is in ``channel``; a throwaway connection."""
-    me = "demo" + secrets.token_hex(3)
+    me = "chk" + secrets.token_hex(2)  # short: ngircd allows 9 characters by default
     try:
         with socket.create_connection(("127.0.0.1", irc_port), timeout=3) as s:
             s.sendall(f"NICK {me}\r\nUSER {me} 0 * :demo check\r\n".encode())
@@ -313,6 +316,8 @@ def bot_in_channel(irc_port: int, nick: str, channel: str) -> bool:
 
 def instructions(ports: dict[str, int], run_dir: Path) -> str:
     rel = os.path.relpath(run_dir)
+    if rel.startswith(".."):
+        rel = str(run_dir)
     if shutil.which("irssi"):
         join = f"irssi -c 127.0.0.1 -p {ports['irc']} -n alice     (then: /join {CHANNEL})"
     else:
