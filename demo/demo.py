@@ -259,8 +259,8 @@ class Demo:
                 raise DemoError(f"{name} exited unexpectedly; its log ({proc.log}):\n"
                                 f"{proc.output()[-2000:]}")
 
-    def stop(self) -> None:
-        """Stop everything started, newest first, by PID; report anything that resisted."""
+    def stop(self) -> bool:
+        """Stop everything started, newest first, by PID; False if something resisted."""
         for name, stop in reversed(self.stoppers):
             try:
                 stop()
@@ -276,6 +276,7 @@ class Demo:
         fifo = self.run_dir / "phone.fifo"
         if fifo.exists() and stat.S_ISFIFO(fifo.stat().st_mode):
             fifo.unlink()
+        return not left
 
 
 def bot_in_channel(irc_port: int, nick: str, channel: str) -> bool:
@@ -380,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         if demo is not None:
             say("Stopping everything the demo started ...")
-            demo.stop()
-            say("Stopped; nothing is left running.")
+            if demo.stop():
+                say("Stopped; nothing is left running.")
 
 
 if __name__ == "__main__":
