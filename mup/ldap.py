@@ -44,8 +44,9 @@ from mup.config import Config, ConfigError
 from mup.people import Attributes, Person, digits, person_from_attributes, sanitize_value
 
 __all__ = ["SLUGGISH", "UNAVAILABLE", "Directory", "DirectoryError", "LDAPDirectory",
-           "PHONE_QUERY", "attributes_from_config", "directory_from_config", "embedded_directory",
-           "escape_filter_value", "load_ldif", "query_filter", "sanitize_value"]
+           "LDIFError", "PHONE_QUERY", "attributes_from_config", "directory_from_config",
+           "embedded_directory", "escape_filter_value", "load_ldif", "query_filter",
+           "sanitize_value"]
 
 log = Logger()
 
@@ -454,6 +455,10 @@ def _substrings_match(value: str, pieces: list[Any]) -> bool:
     return True
 
 
+class LDIFError(ValueError):
+    """A bad LDIF file; the message starts with the line number."""
+
+
 class _LDIFLoader(InMemoryLDIFProtocol):
     """ldaptor's LDIF loader, counting lines so every error names one."""
 
@@ -478,6 +483,10 @@ class _LDIFLoader(InMemoryLDIFProtocol):
                 self._dn_lines.append(self.line)
         super().lineReceived(line)
 
+    def state_HEADER(self, line: bytes) -> None:
+        if line:  # ldaptor refuses blank lines before the first entry; LDIF allows them
+            super().state_HEADER(line)
+
     def gotEntry(self, entry: Any) -> None:
         self.entry_lines[id(entry)] = self._dn_lines.pop(0) if self._dn_lines else self.line
         if self.db is None:
@@ -487,43 +496,47 @@ class _LDIFLoader(InMemoryLDIFProtocol):
             self._deferred.addCallback(self._addEntry, entry)
 
     def lookupFailed(self, reason: Failure, entry: Any) -> Failure:
-        return Failure(ValueError(f"line {self.entry_lines.get(id(entry), '?')}: the parent of "
+        return Failure(LDIFError(f"line {self.entry_lines.get(id(entry), '?')}: the parent of "
                                   f"{entry.dn.getText()!r} is not in the file (parents come "
                                   f"first; the first entry is the root)"))
 
     def addFailed(self, reason: Failure, entry: Any) -> Failure:
-        if isinstance(reason.value, ValueError):
+        if isinstance(reason.value, LDIFError):
             return reason
-        return Failure(ValueError(f"line {self.entry_lines.get(id(entry), '?')}: cannot add "
+        return Failure(LDIFError(f"line {self.entry_lines.get(id(entry), '?')}: cannot add "
                                   f"{entry.dn.getText()!r}: {_describe(reason)}"))
 
 
 def load_ldif(path: str) -> ReadOnlyInMemoryLDAPEntry:
-    """Load an LDIF file into ldaptor's in-memory tree; :class:`ValueError` naming the line."""
+    """Load an LDIF file into ldaptor's in-memory tree; :class:`LDIFError` names the line."""
     with open(path, "rb") as f:
         data = f.read().replace(b"\r\n", b"\n")
     loader = _LDIFLoader()
+    body = data.lstrip(b"\n")
+    loader.line = len(data) - len(body)  # ldaptor's parser wants no blank lines first
+    if not body.strip():
+        raise LDIFError("no entries in the file")
     try:
-        # Feed line by line so that a parse error is raised with the loader on that line.
-        for line in data.splitlines(keepends=True):
+        # Fed line by line, so that a parse error is raised while the loader is on its line.
+        for line in body.splitlines(keepends=True):
             loader.dataReceived(line)
-        if not data.endswith(b"\n"):
-            loader.dataReceived(b"\n")
-        loader.dataReceived(b"\n")  # a last blank line ends the last entry
+        loader.dataReceived(b"\n" if body.endswith(b"\n") else b"\n\n")  # end the last entry
+        if loader.db is None and loader.mode != b"IN_ENTRY":
+            raise LDIFError("no entries in the file")
         loader.connectionLost(Failure(error.ConnectionDone()))
-    except ValueError:
+    except LDIFError:
         raise
     except Exception as e:
-        raise ValueError(f"line {loader.error_line}: {e}") from None
+        raise LDIFError(f"line {loader.error_line}: {e}") from None
     results: list[Any] = []
     loader.completed.addBoth(results.append)
-    if not results:
-        raise ValueError("the file did not finish loading")  # pragma: no cover
+    if not results or results[0] is None:
+        raise LDIFError("no entries in the file")
     if isinstance(results[0], Failure):
-        raise results[0].value if isinstance(results[0].value, ValueError) else ValueError(
-            _describe(results[0]))
-    if results[0] is None:
-        raise ValueError("no entries in the file")
+        failure = results[0]
+        if isinstance(failure.value, LDIFError):
+            raise failure.value
+        raise LDIFError(f"line {loader.line}: {_describe(failure)}")
     return results[0]
 
 
@@ -539,7 +552,9 @@ registerAdapter(lambda tree: tree.root, _Tree, interfaces.IConnectedLDAPEntry)
 
 @implementer(IStreamClientEndpoint)
 class _LoopbackEndpoint:
-    """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory."""
+    """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory.  (Twisted's
+    loopback pumps bytes with the global reactor's ``callLater(0)``: the embedded directory
+    needs that reactor running, as it is in the bot.)"""
 
     def __init__(self, tree: _Tree) -> None:
         self._tree = tree

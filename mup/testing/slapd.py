@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from mup.testing.process import ServerProcess, free_port
@@ -100,6 +101,18 @@ class Slapd:
         """SIGSTOP: connections stay open and nothing answers (a hung server)."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        # The signal is delivered asynchronously: wait until every thread is stopped.
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                          for t in tasks.iterdir()]
+            except OSError:
+                states = []
+            if states and all(state in "tT" for state in states):
+                return
+            time.sleep(0.005)
 
     def resume(self) -> None:
         assert self.process is not None
