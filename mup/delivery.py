@@ -209,6 +209,8 @@ class Delivery(Service):
     async def _deliver_sms(self, sms: InboundSMS) -> None:
         failures = 0
         while True:
+            if not self.irc.connected:   # routing asks IRC who is present
+                await self._wait(self.irc.when_connected())
             try:
                 route = await self.router.route(sms)
                 break

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -115,27 +116,31 @@ class Receiver:
             if not self.journal.writable():
                 raise _Unavailable("the journal is not writable; try again later")
             try:
-                entry = await self.journal.append(key, record)
+                await _shielded(self.journal.append(key, record).addCallback(
+                    self._appended, gateway, key))
             except Exception:
                 log.failure("journal append failed for {key}", key=key)
                 raise _Unavailable("the journal is not writable; try again later") from None
         except Refused as e:
             return self._refuse(request, e)
-        if entry is None:
-            metrics.duplicates.labels(gateway).inc()
-        else:
-            metrics.accepted.labels(gateway).inc()
-            if self.on_accepted is not None:
-                try:
-                    self.on_accepted(entry)
-                except Exception:
-                    log.failure("on_accepted failed for {key} (it stays in the journal)",
-                                key=key)
         if answer:
             request.setHeader(b"content-type", b"text/xml; charset=utf-8")
         else:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return answer
+
+    def _appended(self, entry: Any, gateway: str, key: str) -> None:
+        """The journal made it durable: count it and hand it on.  Runs even when the gateway
+        hung up meanwhile, as the entry must be delivered all the same."""
+        if entry is None:
+            metrics.duplicates.labels(gateway).inc()
+            return
+        metrics.accepted.labels(gateway).inc()
+        if self.on_accepted is not None:
+            try:
+                self.on_accepted(entry)
+            except Exception:
+                log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
 
     def _posted(self, request: Request) -> Posted:
         length = request.getHeader(b"content-length")
@@ -182,6 +187,22 @@ class Receiver:
         metrics.backlog.set(self.journal.backlog)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
+
+
+def _shielded(d: Deferred[Any]) -> Deferred[Any]:
+    """A Deferred with ``d``'s result whose cancellation (the client hung up) leaves ``d``,
+    the journal's write, alone."""
+    out: Deferred[Any] = Deferred()
+
+    def fire(result: Any) -> None:
+        if not out.called:
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+    d.addBoth(fire)
+    return out
 
 
 class _QuietSite(Site):

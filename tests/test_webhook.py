@@ -307,3 +307,23 @@ def test_metrics(h: Harness) -> None:
     assert 'mup_inbound_duplicates_total{gateway="kannel"}' in text
     assert 'mup_inbound_rejected_total{reason="forbidden"}' in text
     assert "mup_inbound_backlog 1.0" in text
+
+
+def test_gateway_hanging_up_does_not_cancel_the_journal_write(h: Harness) -> None:
+    # Klein cancels the handler's Deferred when the client goes away mid-request.
+    from io import BytesIO
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    h.journal.hold = True
+    request = DummyRequest([b"kannel", b"mo"])
+    request.uri = ("/kannel/mo?" + urlencode({"from": "+1555", "id": "gone", "text": "hi",
+                                              "token": KANNEL_TOKEN})).encode()
+    request.content = BytesIO(b"")
+    d = h.receiver.kannel_mo(request)
+    d.cancel()
+    d.addErrback(lambda f: None)
+    held, _ = h.journal.held[0]
+    assert not held.called
+    h.journal.release()
+    assert [e.key for e in h.accepted] == ["kannel:gone"]
