@@ -93,3 +93,23 @@ def test_poke_several_people_on_one_line(ldap_reactor, people_directory):
 
 def test_poke_usage(ldap_reactor, people_directory):
     assert ask(ldap_reactor, people_directory, "") == ["Usage: poke <nick|name|phone>"]
+
+
+def test_poke_over_irc(ngircd, irc_client, run_bot, slapd_server):
+    """The real bot (twistd) on a real ngircd, asking the real slapd."""
+    run_bot({
+        "irc": {"endpoint": ngircd.endpoint, "nick": "mup", "channels": ["#team"]},
+        "ldap": {"url": slapd_server.url, "base_dn": "ou=people,dc=example,dc=com",
+                 "timezone_attribute": "timezone"},
+    })
+    asker = irc_client(ngircd.port, "asker")
+    asker.join("#team")
+    asker.privmsg("#team", "@poke niemeyer")
+    asker.expect(r"PRIVMSG #team :asker: niemeyer is Gustavo Niemeyer <time:\d\dh\d\d -0300> "
+                 r"<gustavo@example.com> <phone:\+55 11 4444 0000> <mobile:\+55 11 5555 1234>$")
+    asker.privmsg("#team", "mup: poke ÑÚÑEZ")
+    asker.expect(r"PRIVMSG #team :asker: jose is José Ñúñez <time:\d\dh\d\d \+0[12]00> ")
+    asker.privmsg("mup", "poke *)(cn=*")
+    asker.expect(r"PRIVMSG asker :Cannot find anyone matching this\. :-\($")
+    asker.privmsg("mup", "poke lee")
+    asker.expect(r"PRIVMSG asker :ann is Ann Lee, annabel is Annabel Lee\.$")
