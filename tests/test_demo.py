@@ -175,6 +175,9 @@ def test_demo_end_to_end(demo):
                  "the SMS in the phone log")
         sms = next(line for line in phone_log.read_text().splitlines() if "waiting" in line)
         assert "+5511955551234" in sms and "#demo alice> Where are you?" in sms
+        report = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG alice" in line,
+                              15)
+        assert report.endswith(":SMS to niemeyer delivered."), report
 
         texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
                                  str(demo.run_dir), "--from", "+5511955551234",
@@ -184,6 +187,24 @@ def test_demo_end_to_end(demo):
         assert "PRIVMSG #demo :[SMS] <niemeyer> on my way" in line
     finally:
         irc.close()
+
+    chat_out = demo.run_dir.parent / "chat.out"
+    with open(chat_out, "wb") as f:
+        chat = subprocess.Popen([sys.executable, str(ROOT / "demo" / "chat"), "--port",
+                                 str(demo.ports["irc"]), "--nick", "carol"],
+                                stdin=subprocess.PIPE, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        chat.stdin.write(b"@poke dave\n")
+        chat.stdin.flush()
+        wait_for(lambda: "#demo <mup> carol: dave is Dave Wilson" in chat_out.read_text(), 15,
+                 "demo/chat to show the poke reply", lambda: chat.poll() is None)
+        chat.stdin.write(b"/quit\n")
+        chat.stdin.close()
+        assert chat.wait(10) == 0
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
 
     demo.send_signal(signal.SIGINT)
     assert demo.wait(30) == 0, demo.out.read_text()[-3000:]
