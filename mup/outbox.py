@@ -2,27 +2,26 @@
 
 Each SMS the gateway took is recorded under mup's reference and the gateway's message id
 (Kannel's dlr-url carries the reference; Twilio's StatusCallback carries the MessageSid), with
-the nick that asked and the recipient's nick.  Records are kept in
-``<[state] directory>/sms-outbox.json`` so a report arriving after a restart still finds its
+the nick that asked and the recipient's nick.  Records are appended to
+``<[state] directory>/sms-outbox.jsonl`` so a report arriving after a restart still finds its
 sender, and dropped once a final report came or after ``keep`` seconds.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from mup.eventlog import EventLog
 from mup.gateway import DeliveryReport
 from mup.gateways import clean_reason
 
 __all__ = ["Outbox", "Sent"]
 
-FILENAME = "sms-outbox.json"
+FILENAME = "sms-outbox.jsonl"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,8 @@ class Outbox:
 
     def __init__(self, state_directory: str, clock: IReactorTime, keep: float = 7 * 86400
                  ) -> None:
-        self._path = os.path.join(state_directory, FILENAME) if state_directory else ""
+        self._log = EventLog(os.path.join(state_directory, FILENAME)) if state_directory \
+            else None
         self._clock = clock
         self.keep = keep
         self._records: dict[str, Sent] = {}
@@ -60,8 +60,7 @@ class Outbox:
         sent = Sent(reference, gateway, message_id or "", requester, recipient,
                     self._clock.seconds())
         self._records[reference] = sent
-        self._expire()
-        self._save()
+        self._write({"sent": asdict(sent)})
         return sent
 
     def find(self, gateway: str, message_id: str) -> Sent | None:
@@ -81,7 +80,7 @@ class Outbox:
         if sent is None or report.state not in ("delivered", "failed"):
             return None
         del self._records[sent.reference]
-        self._save()
+        self._write({"done": sent.reference})
         if report.state == "delivered":
             return sent.requester, f"SMS to {sent.recipient} delivered."
         reason = clean_reason(report.reason) or "the network gave no reason"
@@ -95,33 +94,39 @@ class Outbox:
         for reference in [r for r, s in self._records.items() if s.sent < cutoff]:
             del self._records[reference]
 
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._log is None:
+            return
+        self._log.append(record)
+        if self._log.lines > 2 * len(self._records) + 1000:
+            self._compact()
+
+    def _compact(self) -> None:
+        assert self._log is not None
+        self._expire()
+        self._log.compact({"sent": asdict(s)} for s in self._records.values())
+
     def _load(self) -> None:
-        if not self._path:
+        if self._log is None:
             return
         try:
-            with open(self._path, encoding="utf-8") as f:
-                data = json.load(f)
-            self._records = {r["reference"]: Sent(**r) for r in data}
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, TypeError, KeyError):
+            entries = self._log.read()
+        except OSError as e:
             from twisted.logger import Logger
 
-            Logger().failure("SMS outbox {path} unreadable; delivery reports for earlier SMS "
-                             "will not be announced", path=self._path)
-            self._records = {}
-        self._expire()
-
-    def _save(self) -> None:
-        if not self._path:
+            Logger().error("SMS outbox {path} unreadable ({error}); delivery reports for "
+                           "earlier SMS will not be announced", path=self._log.path, error=e)
+            self._log = None
             return
-        directory = os.path.dirname(self._path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".sms-outbox.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump([asdict(s) for s in self._records.values()], f)
-            os.replace(tmp, self._path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        for entry in entries:
+            try:
+                if "sent" in entry:
+                    sent = Sent(**entry["sent"])
+                    self._records[sent.reference] = sent
+                elif "done" in entry:
+                    self._records.pop(str(entry["done"]), None)
+            except (TypeError, ValueError):
+                continue
+        self._expire()
+        if self._log.lines > len(self._records):
+            self._compact()

@@ -2,30 +2,29 @@
 
 Three limits, all configurable in ``[sms]``: a per-sender token bucket (``sender_burst`` segments
 at once, refilled at ``sender_rate`` per hour), a per-sender daily quota (``sender_daily``) and a
-global daily cap (``global_daily``); days are UTC.  The counters are written to
-``<[state] directory>/sms-quota.json`` after each change, so a restart does not reset them.
+global daily cap (``global_daily``); days are UTC.  Each reservation and refund is appended
+(fsync'd) to ``<[state] directory>/sms-quota.jsonl`` and replayed at start-up, so a restart does
+not reset the counters.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mup.eventlog import EventLog
 from mup.ratelimit import TokenBucket
 
 __all__ = ["Quota"]
 
 log = Logger()
 
-FILENAME = "sms-quota.json"
+FILENAME = "sms-quota.jsonl"
 
 
 def _day(seconds: float) -> str:
@@ -45,7 +44,8 @@ class Quota:
     def __init__(self, state_directory: str, clock: IReactorTime, sender_burst: int = 5,
                  sender_rate: float = 10.0, sender_daily: int = 50, global_daily: int = 500
                  ) -> None:
-        self._path = os.path.join(state_directory, FILENAME) if state_directory else ""
+        self._log = EventLog(os.path.join(state_directory, FILENAME), durable=True
+                             ) if state_directory else None
         self._clock = clock
         self.sender_burst = sender_burst
         self.sender_rate = sender_rate / 3600.0
@@ -55,6 +55,8 @@ class Quota:
         self._global = 0
         self._daily: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._events: list[tuple[float, str, int]] = []
+        """Reservations (and refunds, negative) still needed to rebuild the state."""
         self._load()
 
     @classmethod
@@ -88,7 +90,7 @@ class Quota:
                     f"{_human_seconds(wait)}.")
         self._daily[key] = used + segments
         self._global += segments
-        self._save()
+        self._record(key, segments)
         return None
 
     def refund(self, sender: str, segments: int) -> None:
@@ -101,7 +103,7 @@ class Quota:
         bucket = self._bucket(key)
         self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
                                          tokens=min(bucket.tokens + segments, self.sender_burst))
-        self._save()
+        self._record(key, -segments)
 
     def used(self, sender: str) -> int:
         """Segments ``sender`` sent today."""
@@ -127,47 +129,59 @@ class Quota:
         if today != self._day:
             self._day, self._global, self._daily = today, 0, {}
 
+    def _horizon(self) -> float:
+        """How far back events still matter: today's quota, and a bucket's refill."""
+        refill = self.sender_burst / self.sender_rate if self.sender_rate else 0.0
+        return max(86400.0, refill)
+
+    def _record(self, key: str, segments: int) -> None:
+        now = self._clock.seconds()
+        self._events.append((now, key, segments))
+        if self._log is None:
+            return
+        self._log.append({"t": now, "s": key, "n": segments})
+        if self._log.lines > 2 * len(self._events) + 1000:
+            self._prune(now)
+            self._log.compact({"t": t, "s": k, "n": n} for t, k, n in self._events)
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self._horizon()
+        self._events = [e for e in self._events if e[0] >= cutoff]
+
     def _load(self) -> None:
-        if not self._path:
+        if self._log is None:
             return
         try:
-            with open(self._path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return
+            records = self._log.read()
         except (OSError, ValueError) as e:
             log.error("SMS quota state {path} unreadable ({error}); starting with the "
-                      "budget spent until it is fixed", path=self._path, error=e)
+                      "budget spent until it is fixed", path=self._log.path, error=e)
             self._global = self.global_daily or 10 ** 9
+            self._log = None
             return
-        if data.get("day") == self._day:
-            self._global = int(data.get("global", 0))
-            self._daily = {str(k): int(v) for k, v in data.get("daily", {}).items()}
         now = self._clock.seconds()
-        for key, (tokens, stamp) in data.get("buckets", {}).items():
+        for record in records:
+            try:
+                t, key, n = float(record["t"]), str(record["s"]), int(record["n"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._events.append((min(t, now), key, n))
+        self._events.sort()
+        self._prune(now)
+        tokens: dict[str, tuple[float, float]] = {}
+        for t, key, n in self._events:
+            if _day(t) == self._day:
+                self._daily[key] = max(self._daily.get(key, 0) + n, 0)
+                self._global = max(self._global + n, 0)
+            if self.sender_rate:
+                left, stamp = tokens.get(key, (float(self.sender_burst), t))
+                left = min(self.sender_burst, left + (t - stamp) * self.sender_rate)
+                tokens[key] = (min(left - n, float(self.sender_burst)), t)
+        for key, (left, stamp) in tokens.items():
             self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
-                                             tokens=float(tokens), stamp=min(float(stamp), now))
-
-    def _save(self) -> None:
-        if not self._path:
-            return
-        now = self._clock.seconds()
-        buckets = {k: [b.tokens, now] for k, b in self._buckets.items()
-                   if b.tokens < self.sender_burst}
-        data = {"day": self._day, "global": self._global, "daily": self._daily,
-                "buckets": buckets, "written": time.time()}
-        directory = os.path.dirname(self._path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".sms-quota.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+                                             tokens=left, stamp=stamp)
+        if self._log.lines > len(self._events):
+            self._log.compact({"t": t, "s": k, "n": n} for t, k, n in self._events)
 
 
 def _human_seconds(seconds: float) -> str:

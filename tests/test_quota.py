@@ -86,7 +86,31 @@ def test_zero_means_no_limit(tmp_path):
         assert q.reserve("joe", 3) is None
 
 
+def test_torn_last_line_is_skipped(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock, sender_burst=10)
+    assert q.reserve("joe", 3) is None
+    with open(tmp_path / "sms-quota.jsonl", "a") as f:
+        f.write('{"t": 1800000000, "s": "joe", "n"')  # a crash mid-write
+    again = make(tmp_path, clock, sender_burst=10)
+    assert again.used("joe") == 3
+    assert again.reserve("joe", 1) is None
+    assert make(tmp_path, clock, sender_burst=10).used("joe") == 4
+
+
 def test_unreadable_state_fails_closed(tmp_path):
-    (tmp_path / "sms-quota.json").write_text("{not json")
+    (tmp_path / "sms-quota.jsonl").mkdir()  # cannot be read as a file
     q = make(tmp_path, clock_at())
     assert "budget for everyone" in q.reserve("joe", 1)
+
+
+def test_file_stays_small(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock, sender_rate=0, sender_daily=0, global_daily=0)
+    for _ in range(3):
+        for _ in range(400):
+            q.reserve("joe", 1)
+        clock.advance(86400)
+    lines = (tmp_path / "sms-quota.jsonl").read_text().count("\n")
+    assert lines <= 2 * 400 + 1000
+    assert make(tmp_path, clock, sender_rate=0, sender_daily=0, global_daily=0).used("joe") == 0

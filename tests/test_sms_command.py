@@ -215,3 +215,24 @@ def test_failed_report_survives_restart(world, tmp_path):
     outbox = Outbox(str(tmp_path), world.clock)
     assert outbox.report(DeliveryReport("twilio", sid, "failed", "Twilio error 30005\r\nx")) == (
         "joe", "SMS to niemeyer could not be delivered: Twilio error 30005 x")
+
+
+def test_outbox_log_compacts_and_survives_torn_line(tmp_path):
+    clock = Clock()
+    outbox = Outbox(str(tmp_path), clock)
+    for i in range(1500):
+        outbox.record(f"r{i}", "kannel", "", "joe", "niemeyer")
+        outbox.report(DeliveryReport("kannel", f"r{i}", "delivered"))
+    outbox.record("last", "kannel", "", "joe", "niemeyer")
+    path = tmp_path / "sms-outbox.jsonl"
+    assert path.read_text().count("\n") < 1100
+    with open(path, "a") as f:
+        f.write('{"sent": {"refer')
+    again = Outbox(str(tmp_path), clock)
+    assert len(again) == 1
+    again.record("after", "kannel", "", "ann", "pat")
+    third = Outbox(str(tmp_path), clock)
+    assert third.report(DeliveryReport("kannel", "after", "delivered")) == (
+        "ann", "SMS to pat delivered.")
+    assert third.report(DeliveryReport("kannel", "last", "delivered")) == (
+        "joe", "SMS to niemeyer delivered.")
