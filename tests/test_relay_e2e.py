@@ -1,0 +1,145 @@
+"""Relay + bot + ngircd, all real processes: SMS posted to the relay as Kannel posts them reach
+IRC through the bot, in order, with nothing lost and nothing shown twice when either side is
+`kill -9`ed."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mup.testing.ircclient import LineClient
+from mup.testing.ngircd import Ngircd
+from mup.testing.process import wait_for
+from mup.testing.relay import AckGate, RelayProcess
+
+TOKEN = "relay-token"
+SMS = re.compile(r"PRIVMSG #ops :\[SMS\] <[^>]*> (msg-\d+)")
+
+
+@pytest.fixture
+def relay(tmp_path: Path):
+    process = RelayProcess(tmp_path / "relay", token=TOKEN, poll_timeout=10).start()
+    yield process
+    process.stop()
+
+
+def bot_config(tmp_path: Path, ngircd: Ngircd, relay_url: str) -> dict[str, dict[str, Any]]:
+    return {
+        "irc": {"endpoint": ngircd.endpoint, "nick": "mupbot", "channels": ["#ops"],
+                "line_rate": 0.0},
+        "webhook": {"journal": str(tmp_path / "bot-journal")},
+        "inbound": {"default_channel": "#ops", "relay_url": relay_url, "relay_token": TOKEN,
+                    "hint": False},
+        "state": {"directory": str(tmp_path / "bot-state")},
+    }
+
+
+def watch(irc_client: Callable[..., LineClient], ngircd: Ngircd) -> LineClient:
+    watcher = irc_client(ngircd.port, "watcher")
+    watcher.join("#ops")
+    return watcher
+
+
+def collect(watcher: LineClient, count: int, timeout: float = 30.0) -> list[str]:
+    """The next ``count`` SMS lines shown in #ops (their msg-N tags, in order)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"only {len(seen)} of {count} SMS on IRC: {seen[-5:]}")
+        line = watcher.expect(SMS.pattern, left)
+        seen.append(SMS.search(line).group(1))
+    return seen
+
+
+def quiet(watcher: LineClient, seconds: float) -> list[str]:
+    """SMS lines that show up in the next ``seconds`` (there should be none)."""
+    extra = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        raw = watcher.read_raw(left)
+        if raw is not None and (m := SMS.search(raw.decode("utf-8", "replace"))):
+            extra.append(m.group(1))
+    return extra
+
+
+def tags(start: int, stop: int) -> list[str]:
+    return [f"msg-{i:03}" for i in range(start, stop)]
+
+
+def post(relay: RelayProcess, start: int, stop: int) -> None:
+    poster = relay.poster()
+    try:
+        statuses = [poster.post(f"id{i}", f"msg-{i:03} from the field") for i in range(start, stop)]
+    finally:
+        poster.close()
+    assert statuses == [200] * (stop - start)
+
+
+def drained(relay: RelayProcess, timeout: float = 15.0) -> None:
+    """The relay was acknowledged for everything (its backlog is empty)."""
+    wait_for(lambda: relay.health()["relay_backlog"] == 0, timeout, "the relay's backlog to drain")
+
+
+def test_a_backlog_kept_while_the_bot_was_down_arrives_in_order(
+        tmp_path: Path, ngircd_fast: Ngircd, relay: RelayProcess,
+        irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
+    post(relay, 0, 100)  # the bot is down: the relay keeps them
+    assert relay.health()["relay_backlog"] == 100
+    watcher = watch(irc_client, ngircd_fast)
+    run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    assert collect(watcher, 100) == tags(0, 100)
+    drained(relay)
+    assert quiet(watcher, 1.0) == []
+
+
+def test_relay_kill_9_during_a_pull_loses_nothing_and_shows_nothing_twice(
+        tmp_path: Path, ngircd_fast: Ngircd, relay: RelayProcess,
+        irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
+    watcher = watch(irc_client, ngircd_fast)
+    bot = run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    post(relay, 0, 10)
+    assert collect(watcher, 10) == tags(0, 10)
+    drained(relay)
+    time.sleep(0.2)  # the bot's next long poll is waiting on the relay
+    relay.kill()
+    relay.start()
+    post(relay, 10, 30)
+    # Killed again the moment the last post is on disk: some in flight, some not yet pulled.
+    relay.kill()
+    relay.start()
+    post(relay, 30, 40)
+    assert collect(watcher, 30) == tags(10, 40)
+    drained(relay)
+    assert quiet(watcher, 1.0) == []
+    assert bot.output().count("retrying with backoff") <= 2  # once per outage, not per attempt
+
+
+def test_bot_kill_9_between_irc_confirmation_and_ack_shows_nothing_twice(
+        tmp_path: Path, ngircd_fast: Ngircd, relay: RelayProcess,
+        irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
+    gate = AckGate(relay.port)
+    try:
+        watcher = watch(irc_client, ngircd_fast)
+        config = bot_config(tmp_path, ngircd_fast, gate.url)
+        gate.holding.set()
+        bot = run_bot(config)
+        post(relay, 0, 10)
+        assert collect(watcher, 10) == tags(0, 10)
+        wait_for(lambda: gate.held >= 1, 10, "the bot's acknowledgement")
+        time.sleep(0.3)  # the last done-mark reaches the bot's disk
+        assert relay.health()["relay_backlog"] == 10  # the relay heard of no ack
+        bot.kill()
+        gate.holding.clear()
+        run_bot(config)
+        drained(relay)  # the restarted bot acknowledged what its journal says IRC confirmed
+        post(relay, 10, 12)
+        assert collect(watcher, 2) == tags(10, 12)  # nothing from before came again
+        drained(relay)
+    finally:
+        gate.close()
