@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -118,6 +118,8 @@ class Receiver:
             try:
                 await _shielded(self.journal.append(key, record).addCallback(
                     self._appended, gateway, key))
+            except CancelledError:
+                raise   # the gateway hung up; the write goes on (see _shielded)
             except Exception:
                 log.failure("journal append failed for {key}", key=key)
                 raise _Unavailable("the journal is not writable; try again later") from None
