@@ -13,6 +13,7 @@ import re
 import uuid
 from typing import Any, Callable, Sequence
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
@@ -88,11 +89,16 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
             raise UsageError("")
         if not _NICK.match(target):
             raise UsageError(f"{target!r} is not a nick.")
-        try:
-            sender = await sender_of(request)
-            recipient = await recipient_of(target)
-        except _Refused as e:
-            return str(e)
+        # Both lookups at once: the reply waits for one directory round trip, not two.
+        looked_up = await DeferredList([Deferred.fromCoroutine(sender_of(request)),
+                                        Deferred.fromCoroutine(recipient_of(target))],
+                                       consumeErrors=True)
+        for ok, value in looked_up:
+            if not ok:
+                if value.check(_Refused):
+                    return str(value.value)
+                value.raiseException()
+        (_, sender), (_, recipient) = looked_up
         if not getattr(recipient, "mobile", ""):
             return f"{recipient.nick} has no mobile number in the directory."
         try:
