@@ -139,9 +139,10 @@ class RelayPuller(Service):
                   "limit": str(self._limit)}
         code, body = await self._request("GET", "/relay/pull", params=params,
                                          timeout=self.poll_timeout + 15)
-        if code == 400 and b"expired" in body and self.cursor:
-            self.log.info("relay: cursor expired (the relay restarted); pulling again from "
-                          "the start, already-delivered messages are dropped by id")
+        if code == 400 and b"cursor" in body and self.cursor:
+            # Expired (the relay restarted) or not understood: the start is always valid.
+            self.log.info("relay: {reason}; pulling again from the start, messages already "
+                          "here are dropped by id", reason=_describe(code, body))
             self.cursor = ""
             return []
         if code != 200:

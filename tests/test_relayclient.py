@@ -150,7 +150,7 @@ def test_an_expired_cursor_restarts_from_the_beginning_without_duplicates() -> N
     s.flush()
     assert s.bot_keys() == ["kannel:a", "kannel:b"]
     assert s.puller.cursor.startswith("e2-")
-    assert any("cursor expired" in line for line in s.logged("info"))
+    assert any("expired cursor" in line for line in s.logged("info"))
     s.puller.stopService()
 
 
@@ -240,3 +240,15 @@ def test_stopping_cancels_the_outstanding_pull() -> None:
     s.flush()
     assert s.relay._waiters == set()
     assert s.logged("critical") == [] and s.logged("error") == []
+
+
+def test_a_cursor_the_relay_does_not_understand_is_dropped_not_retried_forever() -> None:
+    s = Side()
+    s.accept("a")
+    s.puller.cursor = "e1-999"  # beyond anything this relay handed out
+    s.puller.startService()
+    s.flush()
+    assert s.bot_keys() == ["kannel:a"]
+    assert s.logged("warn") == []
+    assert any("beyond the relay's last message" in line for line in s.logged("info"))
+    s.puller.stopService()
