@@ -8,8 +8,11 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ldaptor import ldapfilter
 from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -26,10 +29,12 @@ from mup.ldap import (
     UNAVAILABLE,
     DirectoryError,
     LDAPDirectory,
+    decode_search_response,
     directory_from_config,
     escape_filter_value,
     load_ldif,
     query_filter,
+    search_op_wire,
 )
 from mup.people import (
     Attributes,
@@ -356,3 +361,61 @@ class ClientTests(SynchronousTestCase):
         self.endpoint.protocols[0].connectionLost(error.ConnectionLost())
         assert self.failureResultOf(d, DirectoryError).value.user_message == UNAVAILABLE
         assert self.directory.in_flight == 0
+
+
+# --- The fast BER path agrees with ldaptor ---------------------------------------------------
+
+text_values = st.text(min_size=0, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(msg_id=st.integers(1, 2**31 - 1), dn=text_values,
+       attributes=st.lists(st.tuples(st.text("abcdefgXYZ", min_size=1, max_size=20),
+                                     st.lists(text_values, max_size=4)), max_size=12))
+def test_fast_entry_decoding_agrees_with_ldaptor(msg_id, dn, attributes):
+    wire = pureldap.LDAPMessage(pureldap.LDAPSearchResultEntry(
+        objectName=dn, attributes=attributes), id=msg_id).toWire()
+    fast_id, fast = decode_search_response(wire)
+    slow, _ = pureber.berDecodeObject(LDAPClient.berdecoder, wire)
+    assert fast_id == slow.id == msg_id
+    assert fast.objectName == slow.value.objectName
+    assert fast.attributes == slow.value.attributes
+
+
+@settings(max_examples=100, deadline=None)
+@given(msg_id=st.integers(1, 2**31 - 1), code=st.integers(0, 127), matched=text_values,
+       message=text_values)
+def test_fast_done_decoding_agrees_with_ldaptor(msg_id, code, matched, message):
+    wire = pureldap.LDAPMessage(pureldap.LDAPSearchResultDone(
+        resultCode=code, matchedDN=matched, errorMessage=message), id=msg_id).toWire()
+    fast_id, fast = decode_search_response(wire)
+    slow, _ = pureber.berDecodeObject(LDAPClient.berdecoder, wire)
+    assert fast_id == slow.id
+    assert (fast.resultCode, fast.matchedDN, fast.errorMessage) == (
+        slow.value.resultCode, slow.value.matchedDN, slow.value.errorMessage)
+
+
+def test_fast_path_leaves_the_rest_to_ldaptor():
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindResponse(resultCode=0), id=3).toWire()
+    referral = pureldap.LDAPMessage(pureldap.LDAPSearchResultReference(
+        uris=[pureldap.LDAPString("ldap://elsewhere/")]), id=3).toWire()
+    assert decode_search_response(bind) is None
+    assert decode_search_response(referral) is None
+    entry = pureldap.LDAPMessage(pureldap.LDAPSearchResultEntry("cn=x", [("cn", ["x"])]),
+                                 id=3).toWire()
+    for cut in range(len(entry)):
+        decode_search_response(entry[:cut])  # never raises
+    assert decode_search_response(b"\x30\x84\xff\xff\xff\xff") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(query=st.text(max_size=60), base=text_values,
+       attributes=st.lists(st.text("abcXYZ", min_size=1, max_size=20), max_size=12),
+       size=st.integers(0, 2**31 - 1), time_limit=st.integers(0, 2**31 - 1),
+       scope=st.integers(0, 2), types_only=st.booleans())
+def test_fast_request_encoding_agrees_with_ldaptor(query, base, attributes, size, time_limit,
+                                                   scope, types_only):
+    request = pureldap.LDAPSearchRequest(
+        baseObject=base, scope=scope, derefAliases=0, sizeLimit=size, timeLimit=time_limit,
+        typesOnly=types_only, filter=query_filter(query or "x", NAMES), attributes=attributes)
+    assert search_op_wire(request) == request.toWire()
