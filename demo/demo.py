@@ -94,6 +94,11 @@ def prepare_run_dir(run_dir: Path) -> None:
     fifo = run_dir / "phone.fifo"
     if fifo.exists() and fifo_has_reader(fifo):
         raise DemoError(f"a demo is already running in {run_dir} (stop it with Ctrl-C first)")
+    left = leftover_pids(run_dir)
+    if left:
+        pids = " ".join(map(str, left))
+        raise DemoError(f"processes of an earlier demo in {run_dir} are still running; "
+                        f"stop them with: kill {pids}")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (run_dir / MARKER).exists():
             raise DemoError(f"{run_dir} exists and was not made by the demo; "
@@ -101,6 +106,24 @@ def prepare_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MARKER).write_text("made by demo/demo.py; wiped at the next start\n")
+
+
+def leftover_pids(run_dir: Path) -> list[int]:
+    """PIDs listed in ``run_dir/pids`` by an earlier demo that are still alive (it was killed
+    before it could stop them): the same PID with the same command line."""
+    try:
+        recorded = json.loads((run_dir / "pids").read_text())
+    except (OSError, ValueError):
+        return []
+    alive = []
+    for pid, cmdline in recorded:
+        try:
+            now = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if now == cmdline:
+            alive.append(pid)
+    return alive
 
 
 def render(template: str, target: Path, values: dict[str, Any]) -> Path:
@@ -133,11 +156,22 @@ class Demo:
     # -- starting -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.start_ngircd()
-        self.start_kannel()
-        self.start_relay()
-        self.start_bot()
+        for step in (self.start_ngircd, self.start_kannel, self.start_relay, self.start_bot):
+            step()
+            self.record_pids()
         self.open_phone()
+
+    def record_pids(self) -> None:
+        """Write every child's PID and command line to ``pids``, so that a demo killed before
+        it could clean up is noticed by the next start."""
+        recorded = []
+        for _name, proc in self.watched:
+            try:
+                recorded.append([proc.pid, Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(
+                    errors="replace")])
+            except OSError:
+                continue
+        (self.run_dir / "pids").write_text(json.dumps(recorded))
 
     def start_ngircd(self) -> None:
         from mup.testing.ngircd import Ngircd
