@@ -1,0 +1,110 @@
+"""Crash safety: ``kill -9`` the real bot mid-stream, several times; nothing answered 2xx is lost.
+
+Four senders post a stream of Kannel MOs (each sender one at a time, retrying like Kannel does
+until it gets a 2xx) while another thread ``kill -9``s the bot (``twistd -n mup``) and starts it
+again on the same journal.  A client in the channel records what appears.  Every message that got
+a 2xx must appear; a message may appear twice only if it was in flight at a kill (delivered to
+IRC but not yet marked done), so at most one per sender per kill; and each sender's messages
+first appear in the order they were posted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import time
+import urllib.parse
+from collections import Counter
+
+from mup.testing.process import free_port, wait_for
+
+TOKEN = "crash-token"
+SENDERS = ["+15555550101", "+15555550102", "+15555550103", "+15555550104"]
+PER_SENDER = 40
+KILLS = 3
+
+
+def post(port: int, sender: str, message_id: str, text: str) -> int | None:
+    query = urllib.parse.urlencode({"from": sender, "to": "4242", "id": message_id,
+                                    "text": text, "token": TOKEN, "charset": "UTF-8"})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/kannel/mo?" + query)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_path):
+    port = free_port()
+    config = {
+        "irc": {"endpoint": ngircd_fast.endpoint, "nick": "mup", "channels": ["#ops"],
+                "line_rate": 0.0, "reconnect_max_delay": 0.5},
+        "sms.kannel": {"inbound_token": TOKEN},
+        "webhook": {"endpoint": f"tcp:port={port}:interface=127.0.0.1",
+                    "journal": str(tmp_path / "journal")},
+        "inbound": {"default_channel": "#ops", "hint": False},
+        "state": {"directory": str(tmp_path / "state")},
+    }
+    bots = [run_bot(config)]
+    watcher = irc_client(ngircd_fast.port, "watcher")
+    watcher.join("#ops")
+
+    acked: dict[str, list[str]] = {s: [] for s in SENDERS}
+
+    def sender_loop(n: int, sender: str) -> None:
+        for i in range(PER_SENDER):
+            message_id, text = f"s{n}-{i:03d}", f"#ops crash s{n} m{i:03d}"
+            while post(port, sender, message_id, text) != 200:
+                time.sleep(0.02)      # the bot is down or restarting: retry, like Kannel
+            acked[sender].append(f"s{n} m{i:03d}")
+
+    threads = [threading.Thread(target=sender_loop, args=(n, s), daemon=True)
+               for n, s in enumerate(SENDERS)]
+    for t in threads:
+        t.start()
+    for k in range(KILLS):
+        # Kill while the stream flows: after roughly a quarter more of it was answered.
+        target = (k + 1) * len(SENDERS) * PER_SENDER // (KILLS + 1)
+        wait_for(lambda target=target: sum(map(len, acked.values())) >= target, 60,
+                 "messages to be answered")
+        bots[-1].kill()
+        bots.append(run_bot(config, wait=False))
+    for t in threads:
+        t.join(90)
+    assert all(len(v) == PER_SENDER for v in acked.values())
+
+    expected = {m for v in acked.values() for m in v}
+    shown: list[str] = []
+    pattern = re.compile(r"PRIVMSG #ops :\[SMS\] <[^>]*> crash (s\d m\d{3})$")
+
+    def collect() -> bool:
+        while True:
+            raw = watcher.read_raw(0.2)
+            if raw is None:
+                break
+            m = pattern.search(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            if m:
+                shown.append(m.group(1))
+        return expected <= set(shown)
+
+    # Lines read while joining are in watcher.lines already.
+    for raw in watcher.lines:
+        m = pattern.search(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        if m:
+            shown.append(m.group(1))
+    wait_for(collect, 60, "every answered message to appear on IRC", interval=0)
+    time.sleep(0.5)
+    collect()
+
+    missing = expected - set(shown)
+    assert not missing, f"lost: {sorted(missing)}"
+    twice = {m: c for m, c in Counter(shown).items() if c > 1}
+    assert len(twice) <= KILLS * len(SENDERS), f"too many duplicates: {twice}"
+    for n in range(len(SENDERS)):
+        firsts = list(dict.fromkeys(m for m in shown if m.startswith(f"s{n} ")))
+        assert firsts == sorted(firsts), f"sender {n} out of order: {firsts}"
+    print(f"{len(expected)} messages, {KILLS} kills, {len(twice)} shown twice: {sorted(twice)}")
