@@ -37,7 +37,13 @@ except ImportError:  # running from a checkout without installing: use the tree
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
-from mup.testing.process import ServerProcess, port_open, twistd_argv, wait_for  # noqa: E402
+from mup.testing.process import (  # noqa: E402
+    ServerProcess,
+    missing_binary,
+    port_open,
+    twistd_argv,
+    wait_for,
+)
 
 CHANNEL = "#demo"
 BOT_NICK = "mup"
@@ -47,6 +53,10 @@ SENDER = "4242"
 FIXED_PORTS = {"irc": 6667, "relay": 8180, "webhook": 8181}
 """The documented ports, used when all are free (``--ports fixed``, the default).  Kannel's
 launcher (mup/testing/kannel.py) always takes free ports for its own."""
+
+SERVERS = [("/usr/sbin/ngircd", "ngircd"), ("/usr/sbin/bearerbox", "kannel"),
+           ("/usr/sbin/smsbox", "kannel"), ("/usr/lib/kannel/test/fakesmsc", "kannel-extras")]
+"""The real servers the demo runs, and their Debian packages (scripts/setup installs them)."""
 
 MARKER = ".mup-demo"
 """A file in the run directory saying the demo made it, so it may be wiped at the next start."""
@@ -382,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
 
     demo: Demo | None = None
     try:
+        missing = [f"{path} (package {package})" for path, package in SERVERS
+                   if missing_binary(path)]
+        if missing:
+            raise DemoError("not installed: " + ", ".join(missing) + "; run ./demo/run "
+                            "without --no-setup (scripts/setup installs them)")
         prepare_run_dir(run_dir)
         ports = choose_ports(args.ports)
         (run_dir / "ports.json").write_text(json.dumps(ports))
