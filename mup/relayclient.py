@@ -276,7 +276,14 @@ def _describe(code: int, body: bytes) -> str:
     return f"the relay answered {code}" + (f": {reason}" if reason else "")
 
 
-def _network_reason(e: Exception) -> str:
+def _network_reason(e: BaseException) -> str:
+    """One line: the innermost reason (treq wraps TLS and connection errors in lists)."""
+    reasons = getattr(e, "reasons", None)
+    if reasons and hasattr(reasons[0], "value"):
+        return _network_reason(reasons[0].value)
+    if type(e).__module__.startswith("OpenSSL") and e.args and isinstance(e.args[0], list):
+        details = [part for err in e.args[0] for part in err[-1:] if part]
+        return "TLS error: " + ("; ".join(details) or "handshake failed")
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}" + (f": {text[0][:200]}" if text else "")
 

@@ -4,6 +4,7 @@ IRC through the bot, in order, with nothing lost and nothing shown twice when ei
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -96,6 +97,39 @@ def test_a_backlog_kept_while_the_bot_was_down_arrives_in_order(
     assert collect(watcher, 100) == tags(0, 100)
     drained(relay)
     assert quiet(watcher, 1.0) == []
+
+
+def test_over_tls_by_endpoint_string(
+        tmp_path: Path, ngircd_fast: Ngircd, irc_client: Callable[..., LineClient],
+        run_bot: Callable[..., Any]) -> None:
+    """The relay listens on `ssl:...`; the bot pulls from https:// and verifies the
+    certificate (trusted here through SSL_CERT_FILE, as a private CA would be)."""
+    relay = RelayProcess(tmp_path / "relay-tls", token=TOKEN, tls=True).start()
+    try:
+        assert relay.url.startswith("https://")
+        watcher = watch(irc_client, ngircd_fast)
+        env = dict(os.environ, SSL_CERT_FILE=str(relay.certificate))
+        run_bot(bot_config(tmp_path, ngircd_fast, relay.url), env=env)
+        post(relay, 0, 5)
+        assert collect(watcher, 5) == tags(0, 5)
+        drained(relay)
+    finally:
+        relay.stop()
+
+
+def test_a_relay_certificate_the_bot_does_not_trust_is_refused_and_logged_once(
+        tmp_path: Path, ngircd_fast: Ngircd, run_bot: Callable[..., Any]) -> None:
+    relay = RelayProcess(tmp_path / "relay-tls", token=TOKEN, tls=True).start()
+    try:
+        bot = run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+        post(relay, 0, 1)
+        bot.wait_for_output("retrying with backoff", 10)
+        time.sleep(2)  # several more attempts (0.5 s, 1 s, ...)
+        (line,) = [x for x in bot.output().splitlines() if "retrying with backoff" in x]
+        assert "TLS error: certificate verify failed" in line
+        assert relay.health()["relay_backlog"] == 1
+    finally:
+        relay.stop()
 
 
 def test_relay_kill_9_during_a_pull_loses_nothing_and_shows_nothing_twice(

@@ -23,17 +23,24 @@ class RelayProcess:
 
     def __init__(self, directory: Path, *, token: str = "relay-token",
                  kannel_token: str = "kannel-token", poll_timeout: float = 30.0,
-                 port: int | None = None) -> None:
+                 port: int | None = None, tls: bool = False) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.token = token
         self.kannel_token = kannel_token
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        endpoint = f"tcp:port={self.port}:interface=127.0.0.1"
+        self.certificate: Path | None = None
+        if tls:
+            key, self.certificate = self_signed(self.directory)
+            endpoint = (f"ssl:port={self.port}:interface=127.0.0.1:privateKey={key}"
+                        f":certKey={self.certificate}")
+            self.url = f"https://127.0.0.1:{self.port}"
         self.config = self.directory / "relay.toml"
         self.config.write_text(
             "[webhook]\n"
-            f'endpoint = "tcp:port={self.port}:interface=127.0.0.1"\n'
+            f'endpoint = "{endpoint}"\n'
             f'journal = "{self.directory / "journal"}"\n'
             "[sms.kannel]\n"
             f'inbound_token = "{kannel_token}"\n'
@@ -70,15 +77,60 @@ class RelayProcess:
                        for i in range(1, self.starts + 1))
 
     def health(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.connection()
         try:
             conn.request("GET", "/healthz")
             return json.loads(conn.getresponse().read())
         finally:
             conn.close()
 
+    def ssl_context(self) -> Any:
+        """For TLS: a client context that trusts the relay's certificate (else None)."""
+        if self.certificate is None:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.certificate))
+
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        if self.certificate is None:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                           context=self.ssl_context())
+
     def poster(self) -> KannelPoster:
-        return KannelPoster("127.0.0.1", self.port, self.kannel_token)
+        return KannelPoster("127.0.0.1", self.port, self.kannel_token,
+                            context=self.ssl_context())
+
+
+def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A key and a self-signed certificate for ``host`` (an IP SAN), as PEM files; trust it
+    with ``SSL_CERT_FILE=<cert>`` in a client's environment."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_path, cert_path = directory / "relay-key.pem", directory / "relay-cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 class AckGate:
@@ -163,8 +215,10 @@ class KannelPoster:
     """Posts MO SMS the way Kannel's get-url does (``GET /kannel/mo?...&token=``), on one
     keep-alive connection; ``post_many`` uses several at once."""
 
-    def __init__(self, host: str, port: int, token: str, timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, token: str, timeout: float = 10.0,
+                 context: Any = None) -> None:
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
+        self.context = context
         self._conn: http.client.HTTPConnection | None = None
 
     def post(self, message_id: str, text: str, sender: str = "+447700900123") -> int:
@@ -174,8 +228,12 @@ class KannelPoster:
             "coding": "0", "charset": "UTF-8", "token": self.token})
         for attempt in range(2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port,
-                                                        timeout=self.timeout)
+                self._conn = (http.client.HTTPConnection(self.host, self.port,
+                                                         timeout=self.timeout)
+                              if self.context is None else
+                              http.client.HTTPSConnection(self.host, self.port,
+                                                          timeout=self.timeout,
+                                                          context=self.context))
             try:
                 self._conn.request("GET", f"/kannel/mo?{query}")
                 response = self._conn.getresponse()
@@ -201,7 +259,7 @@ class KannelPoster:
         chunks = [items[i::connections] for i in range(connections)]
 
         def run(chunk: list[tuple[str, str]]) -> list[int]:
-            poster = KannelPoster(self.host, self.port, self.token, self.timeout)
+            poster = KannelPoster(self.host, self.port, self.token, self.timeout, self.context)
             try:
                 return [poster.post(i, t) for i, t in chunk]
             finally:
