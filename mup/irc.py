@@ -29,7 +29,7 @@ from mup.config import Config
 from mup.ircmsg import Message, decode, format_line, irc_lower, parse, sanitize, split_message
 from mup.ratelimit import TokenBucket
 
-__all__ = ["IRCProtocol", "IRCService", "NotDelivered"]
+__all__ = ["IRCProtocol", "IRCService", "NotDelivered", "Refused"]
 
 log = Logger()
 
@@ -53,6 +53,11 @@ _SASL_FAILURES = {"902", "904", "905", "906", "907", "908"}
 
 class NotDelivered(Exception):
     """The connection was lost (or was not up) before the server confirmed the lines."""
+
+
+class Refused(ValueError):
+    """The server refused the target: no such nick or channel, or it cannot be sent to
+    (moderated, banned, not joined).  Sending again will not help; pick another target."""
 
 
 class IRCProtocol(Protocol):
@@ -84,7 +89,8 @@ class IRCProtocol(Protocol):
         self._user_buckets: dict[str, TokenBucket] = {}
         self._warned: set[str] = set()
         self._pump_call: IDelayedCall | None = None
-        self._pings: dict[str, Deferred[None]] = {}
+        self._pings: dict[str, tuple[Deferred[None], str, list[str]]] = {}
+        """PING token -> (Deferred, folded target, the refusals seen for the target)."""
         self._tokens = itertools.count(1)
         self._whois: dict[str, tuple[list[Deferred[str | None]], list[str | None],
                                      IDelayedCall]] = {}
@@ -126,7 +132,7 @@ class IRCProtocol(Protocol):
             self._pump_call.cancel()
         self._queue.clear()
         pings, self._pings = self._pings, {}
-        for d in pings.values():
+        for d, _target, _refusals in pings.values():
             d.errback(NotDelivered(f"connection lost: {reason.getErrorMessage()}"))
         whois, self._whois = self._whois, {}
         for waiters, _found, timer in whois.values():
@@ -256,14 +262,21 @@ class IRCProtocol(Protocol):
                 count += 1
         return count
 
-    def confirm(self) -> Deferred[None]:
+    def confirm(self, target: str = "") -> Deferred[None]:
         """Queue a PING and fire when its PONG comes back: the server processed what came
-        before it."""
+        before it.  Errbacks with :class:`Refused` if the server refused ``target`` meanwhile."""
         token = f"mup-{next(self._tokens)}"
         d: Deferred[None] = Deferred(lambda _: self._pings.pop(token, None))
-        self._pings[token] = d
+        self._pings[token] = (d, irc_lower(target), [])
         self.send("PING", token)
         return d
+
+    def _refused(self, msg: Message) -> None:
+        """ERR_NOSUCHNICK and friends: remember them for deliveries to that target."""
+        target = irc_lower(msg.param(1))
+        for _d, pending, refusals in self._pings.values():
+            if pending == target:
+                refusals.append(f"{msg.param(1)}: {msg.params[-1]} ({msg.command})")
 
     # -- registration and capabilities -----------------------------------------------------
 
@@ -509,7 +522,7 @@ class IRCProtocol(Protocol):
         self._join_settled(channel)
         self._later(f"join {irc_lower(channel)}", JOIN_RETRY, self.send, "JOIN", channel)
 
-    irc_403 = irc_405 = irc_471 = irc_473 = irc_474 = irc_475 = irc_476 = irc_477 = \
+    irc_405 = irc_471 = irc_473 = irc_474 = irc_475 = irc_476 = irc_477 = \
         irc_489 = _join_failed
 
     def irc_437(self, msg: Message) -> None:  # nick or channel temporarily unavailable
@@ -575,6 +588,7 @@ class IRCProtocol(Protocol):
             self._whois_done(key)
 
     def irc_401(self, msg: Message) -> None:  # ERR_NOSUCHNICK
+        self._refused(msg)
         self._whois_done(irc_lower(msg.param(1)))
 
     def _whois_done(self, key: str) -> None:
@@ -593,9 +607,20 @@ class IRCProtocol(Protocol):
         self.send_now("PONG", msg.params[-1] if msg.params else "")
 
     def irc_PONG(self, msg: Message) -> None:
-        d = self._pings.pop(msg.params[-1] if msg.params else "", None)
-        if d is not None:
+        entry = self._pings.pop(msg.params[-1] if msg.params else "", None)
+        if entry is None:
+            return
+        d, _target, refusals = entry
+        if refusals:
+            d.errback(Refused(refusals[0]))
+        else:
             d.callback(None)
+
+    irc_404 = irc_406 = _refused
+
+    def irc_403(self, msg: Message) -> None:  # ERR_NOSUCHCHANNEL: for a JOIN or a PRIVMSG
+        self._refused(msg)
+        self._join_failed(msg)
 
     def irc_ERROR(self, msg: Message) -> None:
         log.warn("IRC server says: {text}", text=msg.param(0))
@@ -727,7 +752,8 @@ class IRCService(MultiService):
         """Send text to a nick or channel; fire once the server has processed every line.
 
         Errbacks with :class:`NotDelivered` when not connected, or when the connection is lost
-        before the server confirms."""
+        before the server confirms (try again later); with :class:`Refused` (a ValueError) when
+        the server refused the target (no such nick or channel, cannot send there)."""
         protocol = self.protocol
         if protocol is None or not protocol.ready:
             return fail(NotDelivered("not connected to IRC"))
@@ -735,7 +761,7 @@ class IRCService(MultiService):
         if not target or " " in target:
             return fail(ValueError(f"not an IRC target: {target!r}"))
         protocol.say(target, text, notice=notice)
-        return protocol.confirm()
+        return protocol.confirm(target)
 
     def is_present(self, nick: str) -> bool:
         """``nick`` is in one of the bot's channels now."""

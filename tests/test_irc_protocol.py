@@ -473,3 +473,35 @@ def test_tcp_nodelay_is_set() -> None:
     protocol = IRCProtocol(bot.service)
     protocol.makeConnection(transport)
     assert transport.nodelay
+
+
+def test_deliver_to_a_refused_target_errbacks_refused() -> None:
+    from mup.irc import Refused
+
+    bot = Bot(line_rate=0)
+    bot.register()
+    d = bot.service.deliver("ghost", "hello")
+    other = bot.service.deliver("#ops", "fine")
+    lines = bot.sent()
+    ghost_token, ops_token = lines[1].split()[1], lines[3].split()[1]
+    bot.feed(":irc.test 401 mup ghost :No such nick or channel name",
+             f":irc.test PONG irc.test :{ghost_token}", f":irc.test PONG irc.test :{ops_token}")
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures[0].check(Refused) and "ghost" in str(failures[0].value)
+    assert isinstance(failures[0].value, ValueError)
+    assert other.result is None
+
+
+def test_deliver_to_a_moderated_channel_errbacks_refused() -> None:
+    from mup.irc import Refused
+
+    bot = Bot(line_rate=0)
+    bot.register()
+    d = bot.service.deliver("#quiet", "hello")
+    token = bot.sent()[1].split()[1]
+    bot.feed(":irc.test 404 mup #quiet :Cannot send to channel",
+             f":irc.test PONG irc.test :{token}")
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures[0].check(Refused)
