@@ -168,3 +168,43 @@ def test_embedded_directory_is_always_there(ldap_reactor):
     finally:
         stop()
     assert reactor.running
+
+
+@pytest.fixture(scope="module")
+def tls_slapd(tmp_path_factory):
+    from mup.testing.process import require_binary
+    from mup.testing.slapd import SLAPD, Slapd
+
+    require_binary(SLAPD, "slapd")
+    server = Slapd(tmp_path_factory.mktemp("slapd-tls"), PEOPLE_LDIF, tls=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("how", ["ldaps", "start_tls"])
+def test_tls_with_the_server_certificate_trusted(ldap_reactor, tls_slapd, how):
+    url = tls_slapd.ldaps_url if how == "ldaps" else tls_slapd.url
+    directory, stop = make_directory(ldap_reactor, url=url, start_tls=how == "start_tls",
+                                     ca_certificate=str(tls_slapd.ca_certificate),
+                                     bind_dn=tls_slapd.root_dn,
+                                     bind_password=tls_slapd.root_password)
+    try:
+        assert ldap_reactor.call(directory.by_nick, "taro").name == "山田 太郎"
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("how", ["ldaps", "start_tls"])
+def test_tls_refuses_an_untrusted_certificate(ldap_reactor, tls_slapd, how):
+    url = tls_slapd.ldaps_url if how == "ldaps" else tls_slapd.url
+    # the system's CAs do not include the test server's self-signed certificate
+    directory, stop = make_directory(ldap_reactor, url=url, start_tls=how == "start_tls",
+                                     bind_dn=tls_slapd.root_dn,
+                                     bind_password=tls_slapd.root_password)
+    try:
+        with pytest.raises(DirectoryError) as e:
+            ldap_reactor.call(directory.by_nick, "taro")
+        assert e.value.user_message == UNAVAILABLE
+        assert "certificate verify failed" in str(e.value), str(e.value)
+    finally:
+        stop()

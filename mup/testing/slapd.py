@@ -47,13 +47,19 @@ access to attrs=userPassword by anonymous auth by * none
 access to * by * read
 """
 
+_TLS_CONF = """\
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+"""
+
 
 class Slapd:
     """One slapd serving ``ldif`` (whose first entry is ``suffix``) from ``directory``."""
 
     def __init__(self, directory: Path, ldif: Path, port: int | None = None,
                  suffix: str = "dc=example,dc=com", root_dn: str = "cn=admin,dc=example,dc=com",
-                 root_password: str = "secret", schema: Path = SCHEMA) -> None:
+                 root_password: str = "secret", schema: Path = SCHEMA,
+                 tls: bool = False) -> None:
         self.dir = Path(directory)
         self.ldif = Path(ldif)
         self.port = port or free_port()
@@ -63,10 +69,19 @@ class Slapd:
         self.schema = schema
         self.process: ServerProcess | None = None
         self.conf = self.dir / "slapd.conf"
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
+        self.ca_certificate = self.dir / "cert.pem"
+        """With ``tls``: the server's self-signed certificate (for 127.0.0.1 and localhost),
+        the CA file a client must trust."""
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
 
     @property
     def pid(self) -> int | None:
@@ -74,9 +89,14 @@ class Slapd:
 
     def _prepare(self) -> None:
         (self.dir / "db").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(_CONF.format(
+        conf = _CONF.format(
             system=SYSTEM_SCHEMA, schema=self.schema, dir=self.dir, modules=MODULE_PATH,
-            suffix=self.suffix, root_dn=self.root_dn, root_password=self.root_password))
+            suffix=self.suffix, root_dn=self.root_dn, root_password=self.root_password)
+        if self.tls:
+            key = self.dir / "key.pem"
+            _self_signed(self.ca_certificate, key)
+            conf = _TLS_CONF.format(cert=self.ca_certificate, key=key) + conf
+        self.conf.write_text(conf)
         result = subprocess.run([SLAPADD, "-q", "-f", str(self.conf), "-l", str(self.ldif)],
                                 capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
@@ -86,10 +106,12 @@ class Slapd:
         """Start (or restart, on the same port and data) and wait until it accepts connections."""
         if not (self.dir / "db" / "data.mdb").exists():
             self._prepare()
-        self.process = ServerProcess(
-            [SLAPD, "-f", str(self.conf), "-h", f"{self.url}/", "-d", "0"],
-            self.dir / "slapd.log")
+        urls = f"{self.url}/" + (f" {self.ldaps_url}/" if self.tls else "")
+        self.process = ServerProcess([SLAPD, "-f", str(self.conf), "-h", urls, "-d", "0"],
+                                     self.dir / "slapd.log")
         self.process.wait_for_port(self.port, timeout)
+        if self.tls:
+            self.process.wait_for_port(self.tls_port, timeout)
         return self
 
     def stop(self) -> None:
@@ -123,3 +145,32 @@ class Slapd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _self_signed(cert_path: Path, key_path: Path) -> None:
+    """A one-day self-signed certificate for 127.0.0.1 and localhost."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"),
+                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
