@@ -1,7 +1,7 @@
 """Benchmark mup-relay: gateway POST on the relay -> visible on IRC through the bot, and the
 drain of a backlog kept while the bot was down.
 
-    python bench/relay.py [--messages 200] [--backlog 10000] [--flood-sample 12]
+    python bench/relay.py [--messages 200] [--backlog 10000] [--flood-sample 12] [--senders 1]
 
 All real processes on loopback: ngircd (MaxPenaltyTime = 0), ``twistd -n mup-relay``,
 ``twistd -n mup``, and a plain-socket client in #ops that timestamps each PRIVMSG.
@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--backlog", type=int, default=10000)
     parser.add_argument("--flood-sample", type=int, default=12)
+    parser.add_argument("--senders", type=int, default=1,
+                        help="distinct phone numbers in the backlog (delivery runs one lane "
+                             "per sender, up to 16 at once)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mup-bench-relay-"))
     print(f"mup-relay benchmark, {os.cpu_count()} cores, work dir {work}")
@@ -182,7 +185,8 @@ def main() -> None:
         bot.stop()
         t0 = time.perf_counter()
         statuses = relay.poster().post_many(
-            ((f"drain{i}", f"drain-{i}") for i in range(args.backlog)), connections=16)
+            ((f"drain{i}", f"drain-{i}", f"+4477009{i % args.senders:05}")
+             for i in range(args.backlog)), connections=16)
         posting = time.perf_counter() - t0
         assert statuses == [200] * args.backlog, "the relay refused some posts"
         assert relay.health()["relay_backlog"] == args.backlog
@@ -192,7 +196,8 @@ def main() -> None:
         first = times[0] - launched
         wait_for(lambda: relay.health()["relay_backlog"] == 0, 120, "acks", interval=0.05)
         acked = time.perf_counter() - launched
-        print(f"\n2. Drain of {args.backlog} messages posted while the bot was down "
+        print(f"\n2. Drain of {args.backlog} messages from {args.senders} sender(s) posted "
+              "while the bot was down "
               f"(posting took {posting:.1f} s at 16 connections, "
               f"{args.backlog / posting:.0f}/s), line_rate = 0:")
         print(f"   from the bot's launch: first on IRC after {first:.2f} s, last after "

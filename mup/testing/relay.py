@@ -251,17 +251,18 @@ class KannelPoster:
             self._conn.close()
             self._conn = None
 
-    def post_many(self, messages: Iterable[tuple[str, str]], connections: int = 16
+    def post_many(self, messages: Iterable[tuple[str, ...]], connections: int = 16
                   ) -> list[int]:
-        """Post ``(id, text)`` pairs over ``connections`` keep-alive connections; statuses in
-        the given order (the relay's order among concurrent posts is its accept order)."""
+        """Post ``(id, text)`` or ``(id, text, sender)`` tuples over ``connections`` keep-alive
+        connections; statuses in the given order (the relay's order among concurrent posts is
+        its accept order)."""
         items = list(messages)
         chunks = [items[i::connections] for i in range(connections)]
 
-        def run(chunk: list[tuple[str, str]]) -> list[int]:
+        def run(chunk: list[tuple[str, ...]]) -> list[int]:
             poster = KannelPoster(self.host, self.port, self.token, self.timeout, self.context)
             try:
-                return [poster.post(i, t) for i, t in chunk]
+                return [poster.post(*item) for item in chunk]
             finally:
                 poster.close()
 
