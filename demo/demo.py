@@ -364,7 +364,10 @@ def instructions(ports: dict[str, int], run_dir: Path) -> str:
         f"  Join:        {join}",
         "  Type:        @poke niemeyer    @poke kenji    @poke +55 11    "
         "@sms niemeyer Where are you?",
-        f"  Be a phone:  {text_cmd} --from +5511955551234 \"{CHANNEL} on my way\"",
+        f"  Be a phone:  {text_cmd} --from +5511955551234 \"{CHANNEL} on my way\"   "
+        "(niemeyer texts the channel)",
+        f"               {text_cmd} --from +5511955551234 \"ok, 5 min\"   "
+        "(a reply: to who texted him last)",
         f"  Phone inbox: {rel}/phone.log (the SMS the bot sends; also printed below)",
         "  People:      niemeyer (Sao Paulo), alice (Paris), kenji (Tokyo), carol (New York),",
         "               priya (Kolkata), dave (+10:00): demo/people.ldif",

@@ -185,6 +185,14 @@ def test_demo_end_to_end(demo):
         assert texted.returncode == 0, texted.stderr
         line = irc.wait_for(lambda line: line.startswith(":mup!") and "on my way" in line, 20)
         assert "PRIVMSG #demo :[SMS] <niemeyer> on my way" in line
+
+        # No #channel first: the answer goes to whoever texted niemeyer last, privately.
+        texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
+                                 str(demo.run_dir), "--from", "+5511955551234", "ok, 5 min"],
+                                capture_output=True, text=True, timeout=10)
+        assert texted.returncode == 0, texted.stderr
+        line = irc.wait_for(lambda line: line.startswith(":mup!") and "5 min" in line, 20)
+        assert "PRIVMSG alice :[SMS] <niemeyer> ok, 5 min" in line
     finally:
         irc.close()
 
