@@ -31,7 +31,7 @@ from mup.testing.ircclient import LineClient
 from mup.testing.ngircd import Ngircd
 from mup.testing.process import ServerProcess, wait_for
 
-__all__ = ["ACCOUNTS", "BotProcess", "IrcReactor", "inspircd_atheme", "irc_client",
+__all__ = ["ACCOUNTS", "BotProcess", "IrcReactor", "atheme_seed", "inspircd_atheme", "irc_client",
            "irc_reactor", "ngircd", "ngircd_fast", "run_bot", "toml_text"]
 
 
@@ -71,15 +71,15 @@ def irc_client() -> Iterator[Callable[..., LineClient]]:
 
 
 @pytest.fixture(scope="session")
-def _atheme_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def atheme_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_seed(tmp_path_factory.mktemp("atheme-seed"))
 
 
 @pytest.fixture(scope="module")
 def inspircd_atheme(tmp_path_factory: pytest.TempPathFactory,
-                    _atheme_seed: Path) -> Iterator[InspircdAtheme]:
+                    atheme_seed: Path) -> Iterator[InspircdAtheme]:
     """InspIRCd + Atheme, linked and synced, with the seeded accounts (see ``ACCOUNTS``)."""
-    servers = InspircdAtheme(tmp_path_factory.mktemp("inspircd"), seed=_atheme_seed)
+    servers = InspircdAtheme(tmp_path_factory.mktemp("inspircd"), seed=atheme_seed)
     servers.start()
     yield servers
     servers.stop()
