@@ -118,9 +118,13 @@ def _digits_filter(wanted: str, names: Attributes) -> pureldap.LDAPFilter:
     return _any_of([_substrings(attr, list(wanted)) for _, attr in names.phone_attributes()])
 
 
+def _phone_like(query: str) -> bool:
+    return bool(PHONE_QUERY.match(query)) and any(c.isdigit() for c in query)
+
+
 def query_filter(query: str, names: Attributes) -> pureldap.LDAPFilter:
     """The filter behind ``poke <query>`` (see :meth:`LDAPDirectory.search`)."""
-    if PHONE_QUERY.match(query):
+    if _phone_like(query):
         return _digits_filter(digits(query), names)
     return _any_of([_equals(names.nick, query), _substrings(names.name, [query])])
 
@@ -486,7 +490,7 @@ class LDAPDirectory(Service):
     async def _poke(self, query: str) -> list[Person]:
         if not query:
             return []
-        if PHONE_QUERY.match(query):
+        if _phone_like(query):
             wanted = digits(query)
             return [p for p in await self._search(query_filter(query, self.names))
                     if _has_digits(p, wanted)]
@@ -766,6 +770,9 @@ def directory_from_config(config: Config, reactor: Any
     names = attributes_from_config(section)
     options: dict[str, Any] = dict(timeout=section.timeout, max_in_flight=section.max_in_flight,
                                    reconnect_max_delay=section.reconnect_max_delay)
+    if section.ldif and section.url:
+        raise ConfigError(f"{config.path}: [ldap]: set either url (an LDAP server) or ldif (an "
+                          f"embedded directory), not both")
     if section.ldif:
         path = config.resolve_path(section.ldif)
         try:

@@ -74,6 +74,7 @@ def test_escape_filter_value(value, escaped):
     ("12-3", "(|(telephoneNumber=*1*2*3*)(mobile=*1*2*3*)(homePhone=*1*2*3*)"
              "(voipPhone=*1*2*3*)(skypePhone=*1*2*3*))"),
     ("+", "(|(mozillaNickname=+)(cn=*+*))"),  # too short to be a phone
+    ("- -", "(|(mozillaNickname=- -)(cn=*- -*))"),  # no digits: not a phone
 ])
 def test_query_filter(query, text):
     filt = query_filter(query, NAMES)
@@ -158,6 +159,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="base_dn 'ou=staff,dc=example,dc=com' is not in"):
         directory_from_config(config_for(tmp_path, ldif="good.ldif",
                                          base_dn="ou=staff,dc=example,dc=com"), Clock())
+    with pytest.raises(ConfigError, match="either url .* or ldif"):
+        directory_from_config(config_for(tmp_path, ldif="good.ldif", url="ldap://x"), Clock())
     with pytest.raises(ConfigError, match=r"\[ldap\] url: expected ldap://"):
         directory_from_config(config_for(tmp_path, url="http://example.com"), Clock())
     with pytest.raises(ConfigError, match="ca_certificate"):

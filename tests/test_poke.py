@@ -63,6 +63,7 @@ WINTER_CASES = [
     # none
     ("nobody-at-all", NOBODY),
     ("+99 99 9999", NOBODY),
+    ("--", NOBODY),
 ]
 
 
