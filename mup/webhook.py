@@ -132,17 +132,23 @@ class Receiver:
         return answer
 
     def _appended(self, entry: Any, gateway: str, key: str) -> None:
-        """The journal made it durable: count it and hand it on.  Runs even when the gateway
-        hung up meanwhile, as the entry must be delivered all the same."""
+        """The journal made it durable: count it and hand it on (``on_accepted``, in the next
+        reactor turn).  Runs even when the gateway hung up meanwhile, as the entry must be
+        delivered all the same."""
         if entry is None:
             metrics.duplicates.labels(gateway).inc()
             return
         metrics.accepted.labels(gateway).inc()
         if self.on_accepted is not None:
-            try:
-                self.on_accepted(entry)
-            except Exception:
-                log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
+            # After this turn, so the 2xx goes out before delivery starts work on it.
+            self.clock.callLater(0, self._hand_on, entry, key)
+
+    def _hand_on(self, entry: Any, key: str) -> None:
+        assert self.on_accepted is not None
+        try:
+            self.on_accepted(entry)
+        except Exception:
+            log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
 
     def _posted(self, request: Request) -> Posted:
         length = request.getHeader(b"content-length")

@@ -33,6 +33,7 @@ class Harness:
     def request(self, method: str, url: str, **kwargs) -> tuple[int, bytes, object]:
         d = self.http.request(method, BASE + url, **kwargs)
         self.http.flush()
+        self.clock.advance(0)
         response = _sync.successResultOf(d)
         body = _sync.successResultOf(self.http.content(response))
         return response.code, body, response.headers
@@ -78,6 +79,8 @@ def test_no_answer_before_the_journal_fired(h: Harness) -> None:
     h.journal.release()
     h.http.flush()
     assert _sync.successResultOf(d).code == 200
+    assert h.accepted == []          # handed on after the answer went out
+    h.clock.advance(0)
     assert len(h.accepted) == 1
 
 
@@ -326,4 +329,5 @@ def test_gateway_hanging_up_does_not_cancel_the_journal_write(h: Harness) -> Non
     held, _ = h.journal.held[0]
     assert not held.called
     h.journal.release()
+    h.clock.advance(0)
     assert [e.key for e in h.accepted] == ["kannel:gone"]
