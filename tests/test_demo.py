@@ -7,66 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from mup.testing.ircclient import LineClient
 from mup.testing.process import require_binary, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = [("/usr/sbin/ngircd", "ngircd"), ("/usr/sbin/bearerbox", "kannel"),
            ("/usr/sbin/smsbox", "kannel"), ("/usr/lib/kannel/test/fakesmsc", "kannel-extras")]
-
-
-class LineClient:
-    """A blocking IRC client for the test: register, join, say, wait for a line."""
-
-    def __init__(self, port: int, nick: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.nick = nick
-        self.buf = b""
-        self.lines: list[str] = []
-        self.send(f"NICK {nick}")
-        self.send(f"USER {nick} 0 * :test")
-        self.wait_for(lambda line: f" 001 {nick} " in line, 10)
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def wait_for(self, match, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, line in enumerate(self.lines):
-                if match(line):
-                    del self.lines[: i + 1]
-                    return line
-            self.lines.clear()
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            self.buf += data
-            *complete, self.buf = self.buf.split(b"\r\n")
-            for raw in complete:
-                line = raw.decode("utf-8", "replace")
-                if line.startswith("PING"):
-                    self.send("PONG" + line[4:])
-                self.lines.append(line)
-        raise AssertionError(f"no matching line within {timeout}s")
-
-    def close(self) -> None:
-        try:
-            self.send("QUIT")
-        except OSError:
-            pass
-        self.sock.close()
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -149,6 +101,14 @@ def demo(tmp_path):
         proc.wait(30)
 
 
+def text(demo, message: str) -> None:
+    """Play the phone: niemeyer's mobile texts the bot, through demo/text."""
+    texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
+                             str(demo.run_dir), "--from", "+5511955551234", message],
+                            capture_output=True, text=True, timeout=10)
+    assert texted.returncode == 0, texted.stderr
+
+
 def test_demo_end_to_end(demo):
     children = descendants(demo.pid)
     names = set(children.values())
@@ -157,42 +117,33 @@ def test_demo_end_to_end(demo):
 
     irc = LineClient(demo.ports["irc"], "alice")
     try:
-        irc.send("JOIN #demo")
-        irc.wait_for(lambda line: " 366 alice #demo " in line, 10)
+        irc.register()
+        irc.join("#demo")
 
-        irc.send("PRIVMSG #demo :@poke kenji")
-        reply = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG #demo" in line,
-                             10)
+        irc.privmsg("#demo", "@poke kenji")
+        reply = irc.expect(r"^:mup!\S+ PRIVMSG #demo :")
         assert "alice: kenji is Kenji Tanaka" in reply
         assert "<kenji@example.com>" in reply and "<mobile:+81 90 1234 5678>" in reply
 
-        irc.send("PRIVMSG #demo :@sms niemeyer Where are you? We're waiting!")
-        reply = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG #demo" in line,
-                             15)
-        assert "SMS is on the way!" in reply or "SMS queued" in reply, reply
+        irc.privmsg("#demo", "@sms niemeyer Where are you? We're waiting!")
+        reply = irc.expect(r"^:mup!\S+ PRIVMSG #demo :", 15)
+        assert reply.endswith(":alice: SMS is on the way!"), reply
         phone_log = demo.run_dir / "phone.log"
         wait_for(lambda: "Where are you? We're waiting!" in phone_log.read_text(), 15,
                  "the SMS in the phone log")
         sms = next(line for line in phone_log.read_text().splitlines() if "waiting" in line)
-        assert "+5511955551234" in sms and "#demo alice> Where are you?" in sms
-        report = irc.wait_for(lambda line: line.startswith(":mup!") and "PRIVMSG alice" in line,
-                              15)
+        assert "to +5511955551234: #demo alice> Where are you? We're waiting!" in sms
+        report = irc.expect(r"^:mup!\S+ PRIVMSG alice :", 15)
         assert report.endswith(":SMS to niemeyer delivered."), report
 
-        texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
-                                 str(demo.run_dir), "--from", "+5511955551234",
-                                 "#demo on my way"], capture_output=True, text=True, timeout=10)
-        assert texted.returncode == 0, texted.stderr
-        line = irc.wait_for(lambda line: line.startswith(":mup!") and "on my way" in line, 20)
-        assert "PRIVMSG #demo :[SMS] <niemeyer> on my way" in line
+        text(demo, "#demo on my way")
+        line = irc.expect(r"^:mup!\S+ PRIVMSG \S+ :.*on my way", 20)
+        assert line.endswith(" PRIVMSG #demo :[SMS] <niemeyer> on my way"), line
 
         # No #channel first: the answer goes to whoever texted niemeyer last, privately.
-        texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
-                                 str(demo.run_dir), "--from", "+5511955551234", "ok, 5 min"],
-                                capture_output=True, text=True, timeout=10)
-        assert texted.returncode == 0, texted.stderr
-        line = irc.wait_for(lambda line: line.startswith(":mup!") and "5 min" in line, 20)
-        assert "PRIVMSG alice :[SMS] <niemeyer> ok, 5 min" in line
+        text(demo, "ok, 5 min")
+        line = irc.expect(r"^:mup!\S+ PRIVMSG \S+ :.*5 min", 20)
+        assert line.endswith(" PRIVMSG alice :[SMS] <niemeyer> ok, 5 min"), line
     finally:
         irc.close()
 
