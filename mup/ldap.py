@@ -3,7 +3,7 @@
 One code path serves both.  :class:`LDAPDirectory` keeps one bound ldaptor connection open
 through a :class:`~twisted.application.internet.ClientService` (so it reconnects by itself), times
 every operation out and bounds the queries in flight.  For ``ldif = ...`` the same class connects,
-through an in-memory loopback instead of TCP, to ldaptor's own LDAP server answering from the
+through an in-memory pipe instead of TCP, to ldaptor's own LDAP server answering from the
 LDIF loaded into ldaptor's in-memory tree: the filters, the wire protocol and the result
 handling are the very ones used against a real server.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -30,12 +31,12 @@ from ldaptor.protocols.ldap.ldapserver import LDAPServer
 from twisted.application.internet import ClientService
 from twisted.application.service import IService, Service
 from twisted.internet import defer, error
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.loopback import loopbackAsync
 from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -703,11 +704,80 @@ class _Tree:
 registerAdapter(lambda tree: tree.root, _Tree, interfaces.IConnectedLDAPEntry)
 
 
+class _Pipe:
+    """Both ends of an in-memory connection.  Bytes are delivered at once, in order, and never
+    re-entrantly: a write made while delivering is queued and delivered by the outer loop."""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Any, bytes | None]] = deque()
+        self._delivering = False
+        self.closed = False
+
+    def send(self, to: Any, data: bytes | None) -> None:
+        if self.closed:
+            return
+        self._queue.append((to, data))
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._queue:
+                protocol, chunk = self._queue.popleft()
+                if chunk is None:
+                    self._close()
+                    return
+                protocol.dataReceived(chunk)
+        finally:
+            self._delivering = False
+
+    def connect(self, server: Any, client: Any) -> None:
+        self.ends = (server, client)
+        server.makeConnection(_PipeTransport(self, client))
+        client.makeConnection(_PipeTransport(self, server))
+
+    def _close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        for protocol in self.ends:
+            protocol.connectionLost(Failure(error.ConnectionDone()))
+
+
+@implementer(ITransport)
+class _PipeTransport:
+    """One end's transport: writes go to the ``peer`` protocol."""
+
+    disconnecting = False
+
+    def __init__(self, pipe: _Pipe, peer: Any) -> None:
+        self._pipe = pipe
+        self._peer = peer
+
+    def write(self, data: bytes) -> None:
+        self._pipe.send(self._peer, data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self._pipe.send(self._peer, None)
+
+    abortConnection = loseConnection
+
+    def getPeer(self) -> Any:
+        return _MEMORY
+
+    def getHost(self) -> Any:
+        return _MEMORY
+
+
+_MEMORY = UNIXAddress("<embedded directory>")
+
+
 @implementer(IStreamClientEndpoint)
-class _LoopbackEndpoint:
-    """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory.  (Twisted's
-    loopback pumps bytes with the global reactor's ``callLater(0)``: the embedded directory
-    needs that reactor running, as it is in the bot.)"""
+class _MemoryEndpoint:
+    """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory: no socket, no
+    reactor turn (so it runs on any reactor, a test Clock included)."""
 
     def __init__(self, tree: _Tree) -> None:
         self._tree = tree
@@ -715,10 +785,10 @@ class _LoopbackEndpoint:
     def connect(self, factory: Any) -> Deferred[Any]:
         server = LDAPServer()
         server.factory = self._tree
-        client = factory.buildProtocol(None)
+        client = factory.buildProtocol(_MEMORY)
         if client is None:
             return defer.fail(error.ConnectionRefusedError("factory refused the connection"))
-        loopbackAsync(server, client)
+        _Pipe().connect(server, client)
         return defer.succeed(client)
 
 
@@ -731,7 +801,7 @@ def embedded_directory(path: str, reactor: Any, names: Attributes, base_dn: str,
     if not found or isinstance(found[0], Failure):
         raise ValueError(f"base_dn {base_dn!r} is not in the file (its root is "
                          f"{root.dn.getText()!r})")
-    return LDAPDirectory(_LoopbackEndpoint(_Tree(root)), reactor, names, base_dn,
+    return LDAPDirectory(_MemoryEndpoint(_Tree(root)), reactor, names, base_dn,
                          description=f"the embedded directory {path}", **options)
 
 

@@ -218,20 +218,17 @@ def test_format_people_keeps_to_one_line():
     assert format_people(people[:4], limit=80).endswith(", plus 1 more person.")
 
 
-def test_poke_never_sends_control_characters(tmp_path, ldap_reactor):
+def test_poke_never_sends_control_characters(tmp_path):
     evil = base64.b64encode(b"Mallory\r\nPRIVMSG #ops :pwned\0").decode()
     write(tmp_path, GOOD + f"\ndn: uid=m,ou=people,dc=example,dc=com\ncn:: {evil}\n"
                           "mozillaNickname: mallory\nmail: m@example.com\n", "evil.ldif")
-    from twisted.internet import reactor
-
-    directory, service = directory_from_config(config_for(tmp_path, ldif="evil.ldif"), reactor)
-    ldap_reactor.call(service.startService)
-    try:
-        [line] = ldap_reactor.call(Commands([poke(directory, Clock())]).run, "poke",
-                                   Request("someone", "mallory"))
-    finally:
-        ldap_reactor.call(service.stopService)
+    clock = Clock()  # the embedded directory needs no running reactor: all of it is in memory
+    directory, service = directory_from_config(config_for(tmp_path, ldif="evil.ldif"), clock)
+    service.startService()
+    d = Commands([poke(directory, clock)]).run("poke", Request("someone", "mallory"))
+    [line] = SynchronousTestCase().successResultOf(d)
     assert line == "mallory is Mallory  PRIVMSG #ops :pwned <m@example.com>"
+    assert SynchronousTestCase().successResultOf(service.stopService()) is None
 
 
 # --- The client on a Clock -------------------------------------------------------------------
