@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import random
+import socket
 from collections import deque
 from typing import Any
 
@@ -101,6 +102,7 @@ class IRCProtocol(Protocol):
         self._pending_joins: set[str] = set()
         self._timers: dict[str, IDelayedCall] = {}
         self._lost = False
+        self._quickack: Any = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class IRCProtocol(Protocol):
                 set_no_delay(True)
             except OSError:  # pragma: no cover - not a TCP socket after all
                 pass
+        self._quickack = self._find_quickack()
         s = self.settings
         if s.password:
             self.send_now("PASS", s.password)
@@ -142,6 +145,24 @@ class IRCProtocol(Protocol):
                 d.callback(None)
         log.info("IRC connection lost: {reason}", reason=reason.getErrorMessage())
         self.service._lost(self)
+
+    def _find_quickack(self) -> Any:
+        """A function re-arming TCP_QUICKACK (Linux) on our socket, or None.
+
+        Servers such as ngircd do not set TCP_NODELAY: if our kernel delays its ACK, the
+        server's next line waits behind Nagle for up to 40 ms.  Quick ACKs avoid that; the
+        kernel clears the flag now and then, so it is set again after each read."""
+        option = getattr(socket, "TCP_QUICKACK", None)
+        get_handle = getattr(self.transport, "getHandle", None)
+        if option is None or get_handle is None:
+            return None
+        try:
+            handle = get_handle()
+            setsockopt = handle.setsockopt
+            setsockopt(socket.IPPROTO_TCP, option, 1)
+        except (AttributeError, OSError):
+            return None
+        return lambda: setsockopt(socket.IPPROTO_TCP, option, 1)
 
     def _later(self, name: str, delay: float, f: Any, *args: Any) -> None:
         """Run ``f`` after ``delay`` seconds, replacing any pending timer of the same name."""
@@ -178,8 +199,18 @@ class IRCProtocol(Protocol):
     # -- input -----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._later("idle", self.settings.ping_interval, self._idle)
-        self._cancel("dead")
+        if self._quickack is not None:
+            try:
+                self._quickack()
+            except OSError:
+                self._quickack = None
+        idle = self._timers.get("idle")
+        if idle is not None and idle.active():
+            idle.reset(self.settings.ping_interval)
+        else:
+            self._later("idle", self.settings.ping_interval, self._idle)
+        if "dead" in self._timers:
+            self._cancel("dead")
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         if len(self._buffer) > MAX_BUFFER:
             log.warn("IRC server sent {n} bytes without a line break; dropped", n=len(self._buffer))
@@ -643,18 +674,18 @@ class IRCProtocol(Protocol):
         name, args = parsed
         channel = None if private else target
         command = self.commands.get(name)
-        if command is not None and command.needs_account:
-            if "account-tag" in self.enabled_caps:
-                account: Deferred[str | None] = succeed(msg.tags.get("account") or None)
-            else:
-                account = self.account_of(nick)
-        else:
-            account = succeed(None)
 
         def run(acct: str | None) -> Deferred[list[str]]:
             request = Request(nick=nick, args=args, channel=channel, hostmask=msg.prefix,
                               account=acct)
             return self.commands.run(name, request)
+
+        if command is None or not command.needs_account:
+            d = run(None)
+        elif "account-tag" in self.enabled_caps:  # the tag on this very message: current
+            d = run(msg.tags.get("account") or None)
+        else:
+            d = self.account_of(nick).addCallback(run)
 
         def reply(lines: list[str]) -> None:
             if private:
@@ -662,7 +693,6 @@ class IRCProtocol(Protocol):
             else:
                 self.say(target, lines, address=f"{nick}: ")
 
-        d = account.addCallback(run)
         d.addCallback(reply)
         d.addErrback(lambda f: log.failure("Command {name!r} from {nick} failed", f,
                                            name=name, nick=nick))
