@@ -4,6 +4,8 @@ class talking to the local Twilio fake through StubTreq (no network, no wall clo
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -159,6 +161,11 @@ def test_control_characters_removed(world):
     assert world.fake.messages[0]["body"] == "joe> bold  and  more"
 
 
+def test_undecodable_bytes_do_not_crash(world):
+    assert world.say("niemeyer caf\udce9 ok") == "SMS is on the way!"
+    assert world.fake.messages[0]["body"] == "joe> caf\ufffd ok"
+
+
 def test_directory_error_shown(world):
     world.directory.down = True
     assert world.say("niemeyer hi") == "The directory is down; try again later."
@@ -236,3 +243,22 @@ def test_outbox_log_compacts_and_survives_torn_line(tmp_path):
         "ann", "SMS to pat delivered.")
     assert third.report(DeliveryReport("kannel", "last", "delivered")) == (
         "joe", "SMS to niemeyer delivered.")
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=600))
+def test_any_text_is_sent_whole_within_limits_or_refused(tmp_path, text):
+    world = World(tmp_path / str(abs(hash(text))), sender_burst=100, sender_rate=0.0,
+                  sender_daily=0, global_daily=0)
+    reply = world.say("niemeyer " + text)
+    assert "\r" not in reply and "\n" not in reply and "\0" not in reply
+    from mup.segments import count
+
+    if world.fake.messages:
+        [message] = world.fake.messages
+        assert reply.startswith("SMS is on the way!")
+        assert count(message["body"]).segments <= 3
+        assert message["body"].startswith("joe> ")
+    else:
+        assert reply.startswith(("Usage:", "That SMS is too long by")), reply

@@ -84,7 +84,9 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
 
     async def run(request: Request) -> str:
         target, _, message = request.args.partition(" ")
-        message = _CONTROL.sub(" ", message).strip()
+        # Control characters (IRC colours, CR/LF) become spaces; lone surrogates (undecodable
+        # bytes) cannot travel in any SMS encoding and become U+FFFD.
+        message = _CONTROL.sub(" ", message).encode("utf-8", "replace").decode("utf-8").strip()
         if not target or not message:
             raise UsageError("")
         if not _NICK.match(target):
