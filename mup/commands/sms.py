@@ -25,6 +25,7 @@ __all__ = ["sms"]
 log = Logger()
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
 
 
@@ -86,7 +87,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
         target, _, message = request.args.partition(" ")
         # Control characters (IRC colours, CR/LF) become spaces; lone surrogates (undecodable
         # bytes) cannot travel in any SMS encoding and become U+FFFD.
-        message = _CONTROL.sub(" ", message).encode("utf-8", "replace").decode("utf-8").strip()
+        message = _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", message)).strip()
         if not target or not message:
             raise UsageError("")
         if not _NICK.match(target):
