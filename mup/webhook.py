@@ -117,7 +117,7 @@ class Receiver:
                 raise _Unavailable("the journal is not writable; try again later")
             try:
                 await _shielded(self.journal.append(key, record).addCallback(
-                    self._appended, gateway, key))
+                    self._appended, request, gateway, key))
             except CancelledError:
                 raise   # the gateway hung up; the write goes on (see _shielded)
             except Exception:
@@ -131,17 +131,21 @@ class Receiver:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return answer
 
-    def _appended(self, entry: Any, gateway: str, key: str) -> None:
-        """The journal made it durable: count it and hand it on (``on_accepted``, in the next
-        reactor turn).  Runs even when the gateway hung up meanwhile, as the entry must be
-        delivered all the same."""
+    def _appended(self, entry: Any, request: Request, gateway: str, key: str) -> None:
+        """The journal made it durable: count it and hand it on (``on_accepted``).  Runs even
+        when the gateway hung up meanwhile, as the entry must be delivered all the same."""
         if entry is None:
             metrics.duplicates.labels(gateway).inc()
             return
         metrics.accepted.labels(gateway).inc()
-        if self.on_accepted is not None:
-            # After this turn, so the 2xx goes out before delivery starts work on it.
-            self.clock.callLater(0, self._hand_on, entry, key)
+        if self.on_accepted is None:
+            return
+        if request.finished or getattr(request, "_disconnected", False):
+            self._hand_on(entry, key)
+        else:
+            # Once the 2xx went out (or the gateway hung up), so delivery's work on it does
+            # not delay the answer.
+            request.notifyFinish().addBoth(lambda _: self._hand_on(entry, key))
 
     def _hand_on(self, entry: Any, key: str) -> None:
         assert self.on_accepted is not None
