@@ -55,6 +55,11 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
 
         commands.add(sms(directory, gateway, Quota.from_config(config, reactor), config,
                          on_sent=on_sent, outbox=outbox))
+    elif gateway is not None:
+        from twisted.logger import Logger
+
+        Logger().warn("[sms] gateway is set but there is no directory ([ldap] url or ldif): "
+                      "the sms command is off")
     from mup.irc import IRCService
 
     irc = IRCService(config, commands, reactor)
