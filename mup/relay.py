@@ -381,6 +381,8 @@ def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
 
     journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
     relay = Relay(journal, config.relay.token, config.relay.poll_timeout, reactor)
+    Relay.log.info("mup-relay: {n} messages kept for the bot; pulls wait up to {t:g} s",
+                   n=relay.backlog, t=config.relay.poll_timeout)
     receiver = Receiver(config, journal, on_accepted=relay.accepted, health=relay.health,
                         clock=reactor)
     # The receiver's own Site (body limit, no access log), with the pull protocol beside it.
