@@ -1,8 +1,9 @@
 """A real ngircd on 127.0.0.1 in a temp dir: start, stop, kill and restart on the same port.
 
-ngircd's own flood control stops reading a client for 1 s after it sends >= 256 bytes in a
-second or has more than 3 commands waiting; ``max_penalty_time=0`` turns that off (benchmarks
-only: tests that prove mup's own flood control keep the default).
+ngircd's own flood control never drops a client: it handles at most 3 of its commands per
+read pass (or 256 bytes a second) and then stops reading it for 1 s, so more than ~3 lines/s
+sustained piles up in ngircd's socket buffer.  ``max_penalty_time=0`` turns that off
+(benchmarks only: tests that prove mup's own flood control keep the default).
 """
 
 from __future__ import annotations
