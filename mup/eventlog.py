@@ -20,11 +20,15 @@ log = Logger()
 
 
 class EventLog:
-    """``path`` as JSON lines; ``durable`` fsyncs each append (for what costs money)."""
+    """``path`` as JSON lines.  Each append is flushed to the OS at once (a crash of the process
+    loses nothing); with a ``clock``, an fsync follows within ``sync_delay`` seconds, one for
+    all the appends in between, so the sending path does not wait for the disk."""
 
-    def __init__(self, path: str, durable: bool = False) -> None:
+    def __init__(self, path: str, clock: Any = None, sync_delay: float = 0.05) -> None:
         self.path = path
-        self.durable = durable
+        self._clock = clock
+        self.sync_delay = sync_delay
+        self._sync_call: Any = None
         self.lines = 0
         """Lines in the file (a damaged file counts more): callers compact when it has more
         than they keep."""
@@ -57,9 +61,17 @@ class EventLog:
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
-        if self.durable:
-            os.fsync(self._file.fileno())
+        if self._clock is not None and self._sync_call is None:
+            self._sync_call = self._clock.callLater(self.sync_delay, self.sync)
         self.lines += 1
+
+    def sync(self) -> None:
+        """fsync what was appended (called by the clock; call it before stopping)."""
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
+        self._sync_call = None
+        if self._file is not None:
+            os.fsync(self._file.fileno())
 
     def compact(self, records: Iterable[dict[str, Any]]) -> None:
         """Replace the file with ``records``, atomically."""
@@ -83,5 +95,6 @@ class EventLog:
 
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
             self._file = None

@@ -3,8 +3,8 @@
 Three limits, all configurable in ``[sms]``: a per-sender token bucket (``sender_burst`` segments
 at once, refilled at ``sender_rate`` per hour), a per-sender daily quota (``sender_daily``) and a
 global daily cap (``global_daily``); days are UTC.  Each reservation and refund is appended
-(fsync'd) to ``<[state] directory>/sms-quota.jsonl`` and replayed at start-up, so a restart does
-not reset the counters.
+to ``<[state] directory>/sms-quota.jsonl`` at once (fsync'd within 50 ms, off the sending
+path) and replayed at start-up, so a restart does not reset the counters.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Quota:
     def __init__(self, state_directory: str, clock: IReactorTime, sender_burst: int = 5,
                  sender_rate: float = 10.0, sender_daily: int = 50, global_daily: int = 500
                  ) -> None:
-        self._log = EventLog(os.path.join(state_directory, FILENAME), durable=True
+        self._log = EventLog(os.path.join(state_directory, FILENAME), clock=clock
                              ) if state_directory else None
         self._clock = clock
         self.sender_burst = sender_burst

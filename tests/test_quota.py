@@ -114,3 +114,16 @@ def test_file_stays_small(tmp_path):
     lines = (tmp_path / "sms-quota.jsonl").read_text().count("\n")
     assert lines <= 2 * 400 + 1000
     assert make(tmp_path, clock, sender_rate=0, sender_daily=0, global_daily=0).used("joe") == 0
+
+
+def test_one_fsync_for_a_burst_of_appends(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock)
+    q.reserve("joe", 1)
+    q.reserve("ann", 1)
+    assert len(clock.getDelayedCalls()) == 1  # the coalesced fsync, off the sending path
+    clock.advance(0.05)
+    assert clock.getDelayedCalls() == []
+    # Already readable by a new process before the fsync: it was flushed at once.
+    q.reserve("joe", 1)
+    assert make(tmp_path, clock).used("joe") == 2
