@@ -235,11 +235,15 @@ class IRCProtocol(Protocol):
             log.failure("Error handling IRC line {raw!r}", raw=raw[:200])
 
     def messageReceived(self, msg: Message) -> None:
-        if msg.prefix and "account" in msg.tags:
-            self._set_account(msg.nick, msg.tags["account"])
         handler = getattr(self, f"irc_{msg.command}", None)
         if handler is not None:
             handler(msg)
+        # With account-tag every message from a user says its account (no tag: none).  Only
+        # people in our channels are remembered, so the map stays bounded.
+        if "account-tag" in self.enabled_caps and "!" in msg.prefix and \
+                msg.command != "QUIT" and self.is_present(msg.nick) and \
+                irc_lower(msg.nick) != irc_lower(self.nick):
+            self._set_account(msg.nick, msg.tags.get("account", "*"))
 
     # -- output ----------------------------------------------------------------------------
 
@@ -708,6 +712,7 @@ class IRCProtocol(Protocol):
             if len(self._user_buckets) >= MAX_USER_BUCKETS:
                 self._user_buckets = {k: b for k, b in self._user_buckets.items()
                                       if b.tokens < b.burst}
+                self._warned &= self._user_buckets.keys()
             bucket = self._user_buckets[key] = TokenBucket(s.command_burst, s.command_rate,
                                                            self.clock)
         if bucket.try_take():

@@ -505,3 +505,17 @@ def test_deliver_to_a_moderated_channel_errbacks_refused() -> None:
     failures: list[Failure] = []
     d.addErrback(failures.append)
     assert failures[0].check(Refused)
+
+
+def test_account_tags_are_remembered_only_for_channel_members() -> None:
+    bot = Bot()
+    bot.feed(":irc.test CAP * LS :account-tag account-notify",
+             ":irc.test CAP * ACK :account-tag account-notify")
+    bot.register()
+    bot.feed("@account=alice :alice!a@h PRIVMSG #ops :hi",
+             "@account=zed :zed!z@h PRIVMSG mup :hi")
+    assert bot.protocol.accounts == {"alice": "alice"}
+    bot.feed(":alice!a@h PRIVMSG #ops :logged out now?")  # no tag: not logged in
+    assert bot.service.account_of("alice").result is None
+    bot.feed("@account=alice :alice!a@h QUIT :bye")
+    assert bot.protocol.accounts == {}
