@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from fixtures_inbound import FakeJournal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionRefusedError
@@ -251,4 +253,80 @@ def test_a_cursor_the_relay_does_not_understand_is_dropped_not_retried_forever()
     assert s.bot_keys() == ["kannel:a"]
     assert s.logged("warn") == []
     assert any("beyond the relay's last message" in line for line in s.logged("info"))
+    s.puller.stopService()
+
+
+# -- restarts of either side at any moment (hypothesis) ----------------------------------------
+
+class Switch:
+    """A root resource that forwards to whichever relay process is "running" now."""
+
+    def __init__(self) -> None:
+        from twisted.web.resource import Resource
+
+        switch = self
+
+        class Root(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                return switch.current.render(request)
+
+        self.root = Root()
+        self.current: Any = None
+
+
+OPS = ["accept", "accept", "step", "step", "confirm", "tell", "restart_bot", "restart_relay"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(OPS), max_size=30))
+def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list[str]) -> None:
+    s = Side()
+    switch = Switch()
+    epochs = iter(f"e{n}" for n in range(2, 100))
+
+    def start_relay() -> None:
+        s.relay = Relay(s.relay_journal, TOKEN, 30.0, s.clock, epoch=next(epochs))
+        switch.current = s.relay.resource()
+
+    start_relay()
+    s.http = StubTreq(switch.root)
+    s.puller = s.make_puller(s.http)
+    s.puller.startService()
+    accepted: list[str] = []
+    confirmed: list[Any] = []  # confirmed on IRC, delivery has not told the puller yet
+    for op in ops:
+        if op == "accept":
+            accepted.append(f"m{len(accepted)}")
+            s.accept(accepted[-1])
+        elif op == "step":
+            s.clock.advance(1)
+            s.flush()
+        elif op == "confirm":
+            for entry in s.bot_journal.pending():
+                s.bot_journal.mark_done(entry.seq)
+                confirmed.append(entry)
+        elif op == "tell":
+            for entry in confirmed:
+                s.puller.delivered(entry)
+            confirmed.clear()
+            s.flush()
+        elif op == "restart_bot":  # kill -9: whatever was not sent is gone
+            confirmed.clear()
+            s.puller.stopService()
+            s.puller = s.make_puller(s.http)
+            s.puller.startService()
+        elif op == "restart_relay":  # its journal stays; its memory (index, epoch) goes
+            start_relay()
+    for entry in confirmed:  # delivery tells the puller right after the confirmation
+        s.puller.delivered(entry)
+    for _ in range(120):
+        s.clock.advance(1)
+        s.flush()
+        s.deliver_all()
+        if s.relay.backlog == 0 and len(s.bot_journal.entries) == len(accepted):
+            break
+    assert sorted(s.bot_keys()) == sorted(f"kannel:{m}" for m in accepted)  # none lost
+    assert [e.key for e in s.relay_journal.pending()] == []  # every one acknowledged
     s.puller.stopService()
