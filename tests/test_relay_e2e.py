@@ -177,3 +177,25 @@ def test_bot_kill_9_between_irc_confirmation_and_ack_shows_nothing_twice(
         drained(relay)
     finally:
         gate.close()
+
+
+def test_kannel_to_relay_to_bot_to_irc(
+        tmp_path: Path, ngircd_fast: Ngircd, relay: RelayProcess,
+        irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
+    """The gateway side for real: fakesmsc -> bearerbox -> smsbox's get-url on the relay,
+    while the bot is down; then the bot starts and shows them."""
+    from mup.testing.kannel import Kannel
+
+    get_url = (f"{relay.url}/kannel/mo?from=%p&to=%P&text=%a&id=%I&coding=%c&charset=%C"
+               f"&token={relay.kannel_token}")
+    kannel = Kannel(tmp_path / "kannel", get_url=get_url).start()
+    try:
+        for i in range(3):
+            kannel.inject_mo("+447700900123", "4242", f"msg-{i:03} via Kannel")
+        wait_for(lambda: relay.health()["relay_backlog"] == 3, 15, "Kannel's MO on the relay")
+    finally:
+        kannel.stop()
+    watcher = watch(irc_client, ngircd_fast)
+    run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    assert collect(watcher, 3) == tags(0, 3)
+    drained(relay)
