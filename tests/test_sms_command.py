@@ -1,8 +1,6 @@
 """The sms command, table-driven, with a small in-test directory and the real Twilio gateway
 class talking to the local Twilio fake through StubTreq (no network, no wall clock)."""
 
-from dataclasses import dataclass
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,30 +8,23 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from mup import people
 from mup.commands import Commands, Request
 from mup.commands.sms import sms
 from mup.config import parse
 from mup.gateway import DeliveryReport
 from mup.gateways.twilio import TwilioGateway
+from mup.ldap import DirectoryError
 from mup.outbox import Outbox
 from mup.quota import Quota
 from mup.testing.fakes import FakeTwilio
 
 
-@dataclass(frozen=True)
-class Person:
-    nick: str
-    name: str = ""
-    mail: str = ""
-    phones: tuple = ()
-    mobile: str = ""
-    zone: str = ""
+def Person(nick, name="", mobile=""):  # noqa: N802 - builds the directory's Person
+    return people.Person(nick, name, "", (("mobile", mobile),) if mobile else (), mobile, "")
 
 
-class DirectoryError(Exception):
-    def __init__(self, user_message):
-        super().__init__(user_message)
-        self.user_message = user_message
+DOWN = DirectoryError("ldap down", "The directory is down; try again later.")
 
 
 class Directory:
@@ -46,12 +37,12 @@ class Directory:
 
     def by_nick(self, nick):
         if self.down:
-            return defer.fail(DirectoryError("The directory is down; try again later."))
+            return defer.fail(DOWN)
         return defer.succeed(self.people.get(nick.lower()))
 
     def by_account(self, account):
         if self.down:
-            return defer.fail(DirectoryError("The directory is down; try again later."))
+            return defer.fail(DOWN)
         nick = self.accounts.get(account.lower())
         return defer.succeed(self.people.get(nick) if nick else None)
 
@@ -69,7 +60,7 @@ ACCOUNTS = {"joe": "joe", "mallory": "mallory", "ghost": ""}
 class World:
     def __init__(self, tmp_path, **sms_config):
         self.clock = Clock()
-        self.clock.advance(1_800_000_000)  # a fixed day, mid-morning UTC... any fixed time
+        self.clock.advance(1_800_000_000)  # a fixed time
         self.fake = FakeTwilio()
         self.gateway = TwilioGateway(StubTreq(self.fake), self.clock, self.fake.account_sid,
                                      self.fake.auth_token, sender="+15005550006")
