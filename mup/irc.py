@@ -764,9 +764,14 @@ class IRCService(MultiService):
         self.protocol: IRCProtocol | None = None
         self._waiting: list[Deferred[None]] = []
         endpoint = clientFromString(reactor, config.irc.endpoint)
-        self.client = ClientService(endpoint, _IRCFactory(self),
-                                    retryPolicy=retry_policy(config.irc.reconnect_max_delay),
-                                    clock=reactor)
+        self._early_losses = 0
+        """Connections lost before registering, in a row (TLS refused, banned, ...)."""
+        policy = retry_policy(config.irc.reconnect_max_delay)
+        # ClientService counts only failed connects; a server that accepts and then drops us
+        # (a bad certificate, a ban) must back off too, or we would hammer it every 2 s.
+        self.client = ClientService(
+            endpoint, _IRCFactory(self), clock=reactor,
+            retryPolicy=lambda attempt: policy(attempt + max(0, self._early_losses - 1)))
         self.client.setServiceParent(self)
 
     @property
@@ -820,6 +825,7 @@ class IRCService(MultiService):
 
     def _ready(self, protocol: IRCProtocol) -> None:
         self.protocol = protocol
+        self._early_losses = 0
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
@@ -827,4 +833,6 @@ class IRCService(MultiService):
     def _lost(self, protocol: IRCProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
+        if not protocol.registered:
+            self._early_losses += 1
 

@@ -5,6 +5,8 @@ driving an in-process :class:`~mup.irc.IRCService`.
 * ``ngircd``: a fresh ngircd per test (default flood control): ``.port``, ``.endpoint``,
   ``.stop()``, ``.start()`` (same port), ``.kill()``.
 * ``ngircd_fast``: the same with ``MaxPenaltyTime = 0`` (no 1 s penalties; not for flood tests).
+* ``ngircd_tls``: (module-scoped) an ngircd with a TLS port too (``.tls_port``), its certificate for
+  ``localhost`` signed by a throw-away CA (``.certs.ca_dir`` for ``trustRoots=``).
 * ``irc_client(port, nick)``: a registered :class:`~mup.testing.ircclient.LineClient`
   (``.join``, ``.send``, ``.privmsg``, ``.expect(regex, timeout)``), closed after the test.
 * ``inspircd_atheme``: InspIRCd + Atheme with accounts alice/bob (passwords in
@@ -26,13 +28,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread
 
+from mup.testing.certs import make_certificates
 from mup.testing.inspircd import ACCOUNTS, InspircdAtheme, make_seed
 from mup.testing.ircclient import LineClient
 from mup.testing.ngircd import Ngircd
 from mup.testing.process import ServerProcess, wait_for
 
 __all__ = ["ACCOUNTS", "BotProcess", "IrcReactor", "atheme_seed", "inspircd_atheme", "irc_client",
-           "irc_reactor", "ngircd", "ngircd_fast", "run_bot", "toml_text"]
+           "irc_reactor", "ngircd", "ngircd_fast", "ngircd_tls", "run_bot", "toml_text"]
 
 
 @pytest.fixture
@@ -48,6 +51,20 @@ def ngircd(tmp_path: Path) -> Iterator[Ngircd]:
 def ngircd_fast(tmp_path: Path) -> Iterator[Ngircd]:
     """A fresh ngircd with ``MaxPenaltyTime = 0`` (no 1 s flood penalties)."""
     server = Ngircd(tmp_path / "ngircd-fast", max_penalty_time=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ngircd_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ngircd]:
+    """ngircd with a plain and a TLS port (one per module: GnuTLS takes ~2 s to start);
+    ``.certs`` holds the CA and server certificate."""
+    tmp_path = tmp_path_factory.mktemp("ngircd-tls")
+    certs = make_certificates(tmp_path / "certs")
+    server = Ngircd(tmp_path / "ngircd-tls", tls_cert=certs.server_cert,
+                    tls_key=certs.server_key)
+    server.certs = certs  # type: ignore[attr-defined]
     server.start()
     yield server
     server.stop()

@@ -64,6 +64,23 @@ def test_comes_back_after_the_server_is_killed_and_restarted(ngircd, irc_client,
     assert bot.output().count("Registered on IRC as mup") == 2
 
 
+def test_tls_with_a_verified_certificate(ngircd_tls, irc_client, run_bot) -> None:
+    ca = ngircd_tls.certs.ca_dir
+    run_bot({"irc": {"endpoint": f"tls:host=localhost:port={ngircd_tls.tls_port}:trustRoots={ca}",
+                     "nick": "mup", "channels": ["#ops"]}})
+    alice = irc_client(ngircd_tls.port, "alice")
+    alice.join("#ops")
+    alice.privmsg("#ops", "@echo over tls")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: over tls$")
+
+
+def test_tls_refuses_a_certificate_it_cannot_verify(ngircd_tls, run_bot) -> None:
+    bot = run_bot({"irc": {"endpoint": f"tls:host=localhost:port={ngircd_tls.tls_port}",
+                           "nick": "mup", "channels": ["#ops"]}}, wait=False)
+    bot.wait_for_output("certificate verify failed")
+    assert "Registered on IRC" not in bot.output()
+
+
 # -- in-process: the IRCService on the reactor thread ------------------------------------------
 
 

@@ -519,3 +519,34 @@ def test_account_tags_are_remembered_only_for_channel_members() -> None:
     assert bot.service.account_of("alice").result is None
     bot.feed("@account=alice :alice!a@h QUIT :bye")
     assert bot.protocol.accounts == {}
+
+
+def test_backoff_grows_while_the_server_drops_us_before_registration(monkeypatch) -> None:
+    """A TLS verification failure or a ban connects, then drops: that must back off too."""
+    import random
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import MemoryReactorClock
+
+    monkeypatch.setattr(random, "random", lambda: 0.0)  # no jitter
+    reactor = MemoryReactorClock()
+    config = parse_config({"irc": {"channels": [], "reconnect_max_delay": 10.0}})
+    service = IRCService(config, Commands(), reactor)
+    service.startService()
+
+    def connect_and_drop(register: bool) -> float:
+        factory = reactor.tcpClients[-1][2]
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        if register:
+            protocol.dataReceived(b":irc.test 001 mup :Welcome\r\n")
+            assert service.connected
+        protocol.connectionLost(Failure(ConnectionDone()))
+        (retry,) = [c for c in reactor.getDelayedCalls() if c.active()]
+        delay = retry.getTime() - reactor.seconds()
+        reactor.advance(delay)
+        return delay
+
+    assert [connect_and_drop(False) for _ in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert connect_and_drop(True) == 2.0  # a registered connection resets the backoff
+    assert [connect_and_drop(False) for _ in range(2)] == [2.0, 4.0]

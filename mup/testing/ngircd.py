@@ -38,6 +38,13 @@ DNS = no
 Ident = no
 PAM = no
 IncludeDir = {dir}/conf.d
+{ssl}"""
+
+_SSL = """
+[SSL]
+CertFile = {cert}
+KeyFile = {key}
+Ports = {tls_port}
 """
 
 
@@ -46,13 +53,18 @@ class Ngircd:
 
     def __init__(self, directory: Path | str, port: int | None = None, name: str = "irc.test",
                  max_penalty_time: int | None = None, ping_timeout: int = 120,
-                 pong_timeout: int = 20) -> None:
+                 pong_timeout: int = 20, tls_cert: Path | str | None = None,
+                 tls_key: Path | str | None = None, tls_port: int | None = None) -> None:
         self.dir = Path(directory)
         self.port = port or free_port()
         self.name = name
         self.max_penalty_time = max_penalty_time
         self.ping_timeout = ping_timeout
         self.pong_timeout = pong_timeout
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.tls_port = (tls_port or free_port()) if tls_cert else None
+        """With ``tls_cert`` and ``tls_key`` (PEM): a TLS port beside the plain one."""
         self.process: ServerProcess | None = None
         self.conf = self.dir / "ngircd.conf"
         self._starts = 0
@@ -70,8 +82,10 @@ class Ngircd:
         (self.dir / "conf.d").mkdir(parents=True, exist_ok=True)
         penalty = ("" if self.max_penalty_time is None
                    else f"MaxPenaltyTime = {self.max_penalty_time}\n")
+        ssl = (_SSL.format(cert=self.tls_cert, key=self.tls_key, tls_port=self.tls_port)
+               if self.tls_cert else "")
         self.conf.write_text(_CONF.format(
-            name=self.name, port=self.port, dir=self.dir, penalty=penalty,
+            name=self.name, port=self.port, dir=self.dir, penalty=penalty, ssl=ssl,
             ping_timeout=self.ping_timeout, pong_timeout=self.pong_timeout))
 
     def start(self, timeout: float = 10.0) -> Ngircd:
@@ -82,6 +96,9 @@ class Ngircd:
         self.process = ServerProcess([binary, "-n", "-f", str(self.conf)],
                                      self.dir / f"ngircd-{self._starts}.log")
         self.process.wait_for_output(f"Now listening on [127.0.0.1]:{self.port}", timeout)
+        if self.tls_port:
+            self.process.wait_for_output(f"Now listening on [127.0.0.1]:{self.tls_port}",
+                                         timeout)
         return self
 
     def stop(self) -> None:
