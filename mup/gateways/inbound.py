@@ -85,9 +85,14 @@ def _params(data: bytes) -> dict[str, bytes]:
     params = {}
     for item in fields:
         name, _, value = item.partition(b"=")
-        params[unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")] = (
-            unquote_to_bytes(value.replace(b"+", b" ")))
+        params[_unquote(name).decode("utf-8", "replace")] = _unquote(value)
     return params
+
+
+def _unquote(data: bytes) -> bytes:
+    if b"%" in data or b"+" in data:
+        return unquote_to_bytes(data.replace(b"+", b" "))
+    return data
 
 
 def form_params(body: bytes) -> list[tuple[str, str]]:
