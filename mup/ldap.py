@@ -386,7 +386,7 @@ class LDAPDirectory(Service):
         return self._in_flight
 
     def _retry(self, attempt: int) -> float:
-        delay = min(0.1 * 2 ** attempt, self._settings.reconnect_max_delay)
+        delay = min(0.1 * 2 ** min(attempt, 30), self._settings.reconnect_max_delay)
         return delay * (1 + 0.2 * random.random())
 
     def startService(self) -> None:

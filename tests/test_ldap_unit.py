@@ -356,6 +356,11 @@ class ClientTests(SynchronousTestCase):
         assert self.successResultOf(d).nick == "a"
         assert len(self.endpoint.transports) == 2
 
+    def test_retry_delays(self):
+        delays = [self.directory._retry(n) for n in (1, 2, 3, 10, 5000)]
+        assert 0.2 <= delays[0] <= 0.24 and 0.4 <= delays[1] <= 0.48
+        assert all(2.0 <= d <= 2.4 for d in delays[3:])  # capped, even after days down
+
     def test_connection_lost_mid_query(self):
         d = self.directory.search("a")
         self.endpoint.protocols[0].connectionLost(error.ConnectionLost())
