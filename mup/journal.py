@@ -5,7 +5,7 @@ The journal is a directory of append-only *segments* plus a small *keys* file::
     0000000000000001.seg   a 20-byte header (magic, version, first seq, crc) then framed records
     keys                   dedupe keys (with their time) of deleted segments, still in the window
 
-Every record is framed as ``0xA5 | u32 length | u32 crc32(length, payload) | payload``; the payload
+Every record is framed as ``0xA5 | u32 crc32(length, payload) | u32 length | payload``; the payload
 is one type byte and ASCII-only JSON, so the 0xA5 marker can only start a frame and recovery can
 resynchronise after a damaged record:
 
@@ -23,6 +23,7 @@ and memory follow what is undelivered, not the history.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import struct
@@ -41,7 +42,7 @@ __all__ = ["Entry", "Journal", "JournalClosed", "JournalError", "Recovery"]
 log = Logger(namespace="mup.journal")
 
 _MARK = 0xA5
-_FRAME = struct.Struct(">BII")
+_FRAME = struct.Struct(">BII")  # marker, crc32 of what follows it, payload length
 _HEAD = struct.Struct(">4sHHQ")
 _SEG_MAGIC = b"MUPJ"
 _KEYS_MAGIC = b"MUPK"
@@ -54,6 +55,7 @@ _MAX_FRAME = 16 << 20
 _KEYS_PER_RECORD = 4096
 _SUFFIX = ".seg"
 _KEYS_FILE = "keys"
+_DELETE_RETRY = 30.0
 
 
 class JournalError(Exception):
@@ -64,7 +66,7 @@ class JournalClosed(JournalError):
     """The journal was closed before the record was written."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One accepted message: its place in the journal, dedupe key, content and accept time."""
 
@@ -108,9 +110,8 @@ def _parse_header(data: bytes, magic: bytes) -> int | None:
 
 
 def _frame(payload: bytes) -> bytes:
-    length = len(payload).to_bytes(4, "big")
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return bytes((_MARK,)) + length + crc.to_bytes(4, "big") + payload
+    body = len(payload).to_bytes(4, "big") + payload
+    return bytes((_MARK,)) + zlib.crc32(body).to_bytes(4, "big") + body
 
 
 def _encode(kind: bytes, body: Any) -> bytes:
@@ -133,15 +134,14 @@ def _scan(data: bytes, start: int) -> tuple[list[bytes], int, int]:
     crc32 = zlib.crc32
     while pos < size:
         if size - pos >= _FRAME.size:
-            mark, length, crc = unpack(data, pos)
-            end = pos + _FRAME.size + length
+            mark, crc, length = unpack(data, pos)
+            end = pos + 9 + length
             if mark == _MARK and 0 < length <= _MAX_FRAME and end <= size:
-                payload = view[pos + _FRAME.size:end]
-                if crc32(payload, crc32(length.to_bytes(4, "big"))) == crc:
+                if crc32(view[pos + 5:end]) == crc:
                     if bad:
                         corrupt += 1
                         bad = False
-                    out.append(payload.tobytes())
+                    out.append(data[pos + 9:end])
                     pos = good_end = end
                     continue
         bad = True
@@ -207,7 +207,8 @@ class _Segment:
     """Messages in this segment not yet durably done."""
     refs: set[int] = field(default_factory=set)
     """Older segments holding messages this segment's done-records mark: it must outlive them."""
-    keys: list[tuple[str, float]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    """Keys appended here (their times are in ``Journal._keys``)."""
 
 
 @dataclass(eq=False)
@@ -270,17 +271,22 @@ class Journal:
         self._closed = False
         self._pool: ThreadPool | None = None
         self._trigger: Any = None
+        self._max_batch = 4096
+        self._delete_after = 0.0
+        self._retry_call: Any = None
+        self._settled_waiters: list[defer.Deferred[None]] = []
 
     # -- opening and recovery -----------------------------------------------------------------
 
     @classmethod
     def open(cls, directory: str, reactor: Any = None, *, segment_bytes: int = 4 << 20,
              dedupe_window: float = 7 * 86400, threaded: bool | None = None,
-             fs: FileSystem | None = None) -> Journal:
+             max_batch: int = 4096, fs: FileSystem | None = None) -> Journal:
         """Open (creating it if need be) and recover the journal in ``directory``.
 
         ``reactor`` is also the clock; with one that cannot run threads (``task.Clock``) or with
-        ``threaded=False`` writes run on the reactor thread, batched per reactor turn."""
+        ``threaded=False`` writes run on the reactor thread, batched per reactor turn.
+        ``max_batch`` bounds the records per write+fsync (1 turns group commit off)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -289,7 +295,16 @@ class Journal:
             threaded = IReactorThreads.providedBy(reactor)
         journal = cls(directory, reactor, segment_bytes=segment_bytes,
                       dedupe_window=dedupe_window, threaded=threaded, fs=fs or FileSystem())
-        journal._recover()
+        journal._max_batch = max(1, max_batch)
+        # Recovery allocates an object graph the size of the backlog and frees nothing: the
+        # cyclic collector would walk it again and again for no gain.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            journal._recover()
+        finally:
+            if collecting:
+                gc.enable()
         journal._start()
         return journal
 
@@ -378,9 +393,14 @@ class Journal:
                 finally:
                     fs.close(fd)
                 seg.size = good_end
-            for payload in payloads:
+            try:  # one JSON document per segment: much faster than one per record
+                bodies = json.loads(b"[" + b",".join([p[1:] for p in payloads]) + b"]")
+            except ValueError:
+                bodies = None
+            for n, payload in enumerate(payloads):
                 try:
-                    max_seq = max(max_seq, self._replay(seg, payload))
+                    body = bodies[n] if bodies is not None else json.loads(payload[1:])
+                    max_seq = max(max_seq, self._replay(seg, payload[0], body))
                 except (ValueError, TypeError, KeyError, IndexError):
                     rec.corrupt_records += 1
         self._next_seq = max_seq + 1
@@ -403,26 +423,24 @@ class Journal:
               "skipped {corrupt} corrupt records", dir=self.directory, pending=rec.pending,
               segments=rec.segments, torn=rec.torn_bytes, corrupt=rec.corrupt_records)
 
-    def _replay(self, seg: _Segment, payload: bytes) -> int:
+    def _replay(self, seg: _Segment, kind: int, body: Any) -> int:
         """Apply one record read at start-up; returns the highest seq it names."""
-        kind = payload[:1]
-        body = json.loads(payload[1:])
-        if kind == b"a":
+        if kind == 0x61:  # a
             seq, key, appended, record = body
-            if not isinstance(seq, int) or not isinstance(key, str) or not isinstance(record, dict):
+            if type(seq) is not int or type(key) is not str or type(record) is not dict:
                 raise ValueError("bad append record")
-            appended = float(appended)
-            if self._keys.get(key, -1e300) < appended:
-                self._keys[key] = appended
-            seg.keys.append((key, appended))
+            keys = self._keys
+            if keys.get(key, -1e300) < appended:
+                keys[key] = appended
+            seg.keys.append(key)
             if key in self._pending_keys or seq in self._pending:
                 return seq
-            self._pending[seq] = Entry(seq, key, record, appended)
+            self._pending[seq] = Entry(seq, key, record, float(appended))
             self._pending_keys[key] = seq
             self._seg_of[seq] = seg.id
             seg.pending += 1
             return seq
-        if kind == b"d":
+        if kind == 0x64:  # d
             top = 0
             for seq in body:
                 top = max(top, seq)
@@ -554,6 +572,18 @@ class Journal:
         """Number of messages accepted and not yet delivered."""
         return len(self._pending)
 
+    def settled(self) -> defer.Deferred[None]:
+        """Fires once nothing is queued, being written or waiting to be deleted (for tests,
+        benchmarks and a tidy shutdown)."""
+        if not self._busy and self._call is None and not self._queue and (
+                self._closed or self._deletion_job() is None):
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._settled_waiters.append(d)
+        if not self._busy:
+            self._schedule()
+        return d
+
     def writable(self) -> bool:
         """False when closed or when the last write failed and could not be undone."""
         return not self._closed and not self._dirty
@@ -563,11 +593,15 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for call in (self._call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._retry_call = None
         queue, self._queue = self._queue, []
         self._fail_items(queue, Failure(JournalClosed("the journal was closed")))
+        waiters, self._settled_waiters = self._settled_waiters, []
+        for d in waiters:
+            d.callback(None)
         if self._pool is not None:
             self._pool.stop()
         if self._trigger is not None:
@@ -608,7 +642,8 @@ class Journal:
         if self._busy or self._closed:
             return
         if self._queue:
-            items, self._queue = self._queue, []
+            items = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
             self._start_batch(items)
             return
         job = self._deletion_job()
@@ -618,6 +653,8 @@ class Journal:
             d.addCallback(lambda outcome: self._deleted(job[0], outcome))
             d.addErrback(self._internal_error)
             d.addBoth(self._idle)
+        else:
+            self._idle(None)
 
     def _start_batch(self, items: list[_Item]) -> None:
         seg = self._current
@@ -723,7 +760,7 @@ class Journal:
                 self._seg_of[item.seq] = target
                 self._keys[item.key] = entry.appended
                 seg.pending += 1
-                seg.keys.append((item.key, entry.appended))
+                seg.keys.append(item.key)
                 fired.append((item.d, entry))
             else:
                 self._done_inflight.pop(item.seq, None)
@@ -771,13 +808,17 @@ class Journal:
         self._busy = False
         if self._queue or self._deletion_job() is not None:
             self._schedule()
+        elif self._call is None and self._settled_waiters:
+            waiters, self._settled_waiters = self._settled_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     # -- deleting delivered segments ----------------------------------------------------------
 
     def _deletion_job(self) -> tuple[list[_Segment], int | None, int, bytes] | None:
         """Segments that may go, oldest first: all delivered, not current, and every segment their
         done-records refer to is gone (or goes before them)."""
-        if self._current is None or self._dirty:
+        if self._current is None or self._dirty or self._reactor.seconds() < self._delete_after:
             return None
         going: list[_Segment] = []
         gone: set[int] = set()
@@ -791,7 +832,9 @@ class Journal:
         if not going:
             return None
         horizon = self._reactor.seconds() - self._window
-        keep = [(k, ts) for seg in going for k, ts in seg.keys if ts >= horizon]
+        times = self._keys
+        keep = [(k, times[k]) for seg in going for k in seg.keys
+                if times.get(k, -1e300) >= horizon]
         data = b"".join(_frame(p) for p in self._keys_payloads(keep))
         return going, self._keys_fd, self._keys_size, data
 
@@ -826,12 +869,17 @@ class Journal:
 
     def _deleted(self, going: list[_Segment], outcome: tuple[int, int]) -> None:
         count, keys_size = outcome
+        if count < len(going) and not self._closed:  # try again later, not every turn
+            self._delete_after = self._reactor.seconds() + _DELETE_RETRY
+            if self._retry_call is None or not self._retry_call.active():
+                self._retry_call = self._reactor.callLater(_DELETE_RETRY, self._schedule)
         if keys_size < 0:
             return
         self._keys_size = keys_size
         horizon = self._reactor.seconds() - self._window
         for seg in going:
-            for key, ts in seg.keys:
+            for key in seg.keys:
+                ts = self._keys.get(key, -1e300)
                 if ts >= horizon:
                     self._carried[key] = ts
                     self._keys_entries += 1

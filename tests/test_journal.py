@@ -144,6 +144,10 @@ class FailingFS(FileSystem):
         self._maybe_fail("create")
         return super().create(path)
 
+    def unlink(self, path: str) -> None:
+        self._maybe_fail("unlink")
+        super().unlink(path)
+
 
 # -- basics -----------------------------------------------------------------------------------
 
@@ -499,6 +503,25 @@ def test_failed_rotation_errbacks_and_retries(tmp_path: Path) -> None:
     del fs.fail["create"]
     assert isinstance(append_all(j, clock, ["c"])[0], Entry)
     assert len(segments(tmp_path)) == 2
+    j.close()
+
+
+def test_failed_deletion_keeps_segments_and_retries_later(tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs, segment_bytes=100)
+    entries = [e for k in ["a", "b", "c"] for e in append_all(j, clock, [k])]
+    fs.fail["unlink"] = errno.EACCES
+    results([j.mark_done(e.seq) for e in entries])
+    before = len(segments(tmp_path))
+    assert before >= 2
+    clock.advance(0)  # would spin forever if a failed deletion were retried every turn
+    assert len(segments(tmp_path)) == before
+    assert isinstance(append_all(j, clock, ["d"])[0], Entry)
+    fs.fail.clear()
+    clock.advance(31)
+    assert results([j.settled()]) == [None]
+    assert len(segments(tmp_path)) == 1
+    assert append_all(j, clock, ["a", "b", "c"]) == [None] * 3  # their keys were kept
     j.close()
 
 
