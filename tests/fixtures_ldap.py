@@ -1,19 +1,17 @@
 """Fixtures for the ldap tests: a real slapd per session, the reactor in a thread, directories.
 
-The reactor runs in a daemon thread (started once, shared by anyone who needs it); tests talk
-to it with ``blockingCallFromThread``.  Directories are built from a parsed ``[ldap]`` config,
-like the bot builds them."""
+The reactor runs in a daemon thread (tests/fixtures_irc.py's IrcReactor, started once and
+shared); tests talk to it with ``blockingCallFromThread``.  Directories are built from a parsed
+``[ldap]`` config, like the bot builds them."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from fixtures_irc import IrcReactor
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred, maybeDeferred
-from twisted.internet.threads import blockingCallFromThread
 
 from mup.config import parse
 from mup.ldap import directory_from_config
@@ -27,37 +25,8 @@ PEOPLE_LDIF = Path(__file__).parent / "data" / "people.ldif"
 BASE_DN = "ou=people,dc=example,dc=com"
 
 
-class LdapReactor:
-    """The global reactor, running in a daemon thread."""
-
-    _lock = threading.Lock()
-    _thread: threading.Thread | None = None
-
-    @classmethod
-    def ensure_running(cls) -> LdapReactor:
-        with cls._lock:
-            if not reactor.running and cls._thread is None:
-                cls._thread = threading.Thread(
-                    target=reactor.run, kwargs={"installSignalHandlers": False},
-                    name="reactor", daemon=True)
-                cls._thread.start()
-        started = threading.Event()
-        for _ in range(500):
-            if reactor.running:
-                break
-            started.wait(0.01)
-        assert reactor.running, "the reactor did not start"
-        return cls()
-
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` (returning a value, Deferred or coroutine) in the reactor; wait for it."""
-        def run() -> Any:
-            result = fn(*args, **kwargs)
-            if hasattr(result, "__await__") and not hasattr(result, "addCallback"):
-                return ensureDeferred(result)
-            return result
-
-        return blockingCallFromThread(reactor, lambda: maybeDeferred(run))
+LdapReactor = IrcReactor
+"""The global reactor in a daemon thread: the IRC fixtures' one, shared (``.call(fn, *a)``)."""
 
 
 @pytest.fixture(scope="session")
