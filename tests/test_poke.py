@@ -80,9 +80,12 @@ def test_poke(ldap_reactor, people_directory, query, reply):
 
 
 def test_poke_dst(ldap_reactor, people_directory):
-    """Europe/Madrid is +0200 in July; a fixed -0300 offset stays -0300."""
+    """Europe/Madrid is +0200 in July; a fixed -0300 offset stays -0300; Élodie's zone
+    (Europe/Paris) wins over her offset attribute (+0100)."""
     assert ask(ldap_reactor, people_directory, "jose", SUMMER) == [
         JOSE_WINTER.replace("18h05 +0100", "19h05 +0200")]
+    assert ask(ldap_reactor, people_directory, "elodie", SUMMER) == [
+        ELODIE.replace("18h05 +0100", "19h05 +0200")]
     assert ask(ldap_reactor, people_directory, "niemeyer", SUMMER) == [NIEMEYER]
 
 
