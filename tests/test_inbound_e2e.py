@@ -77,6 +77,8 @@ def test_mo_reaches_the_channel_a_person_and_the_last_sender(
     jose.privmsg("#ops", "@sms niemeyer Where are you?")
     jose.expect(r"PRIVMSG #ops :.*SMS is on the way!$")
     kannel_mo.wait_for_received(1)
+    # Kannel's delivery report comes back through /kannel/dlr, the journal and delivery.
+    jose.expect(r"PRIVMSG jose :SMS to niemeyer delivered\.$")
     kannel_mo.inject_mo(NIEMEYER, "4242", "On my way")
     jose.expect(r"PRIVMSG jose :\[SMS\] <niemeyer> On my way$")
 
