@@ -135,3 +135,40 @@ def test_inject_mo_reaches_the_get_url(tmp_path, sms_reactor):
     assert texts == ["já vou 😀", "on my way"]
     assert all(query["from"] == ["+447911123456"] and query["to"] == ["4242"]
                for _path, query in mo.calls)
+
+
+def test_command_replies_through_real_kannel(kannel, sms_reactor, tmp_path):
+    """The sms command's replies as Kannel answers: accepted (with parts) and queued."""
+    from twisted.internet import defer
+
+    from mup import people
+    from mup.commands import Commands, Request
+    from mup.commands.sms import sms
+    from mup.config import parse
+    from mup.quota import Quota
+
+    class Directory:
+        def by_account(self, account):
+            return defer.succeed(people.Person("joe", "Joe", "", (), "", ""))
+
+        def by_nick(self, nick):
+            return defer.succeed(people.Person(nick, nick, "", (), "07911 123456", ""))
+
+    config = parse({"sms": {"gateway": "kannel", "default_region": "GB"},
+                    "state": {"directory": str(tmp_path)}})
+    commands = Commands([sms(Directory(), gateway(kannel), Quota.from_config(config, reactor),
+                             config)])
+
+    def say(text):
+        return sms_reactor.call(commands.run, "sms", Request("joe", text, None, "", "joe"))
+
+    before = len(kannel.received())
+    assert say("niemeyer " + "x" * 200) == ["SMS is on the way! (2 parts)"]
+    kannel.wait_for_received(before + 1)  # at the SMSC before it is disconnected
+    kannel.stop_smsc()
+    try:
+        assert say("niemeyer later") == ["SMS queued by the gateway."]
+    finally:
+        kannel.start_smsc()
+    texts = [mt.text for mt in kannel.wait_for_received(before + 2)[before:]]
+    assert texts == ["joe> " + "x" * 200, "joe> later"]
