@@ -64,6 +64,21 @@ def test_comes_back_after_the_server_is_killed_and_restarted(ngircd, irc_client,
     assert bot.output().count("Registered on IRC as mup") == 2
 
 
+def test_alternate_nick_then_regains_its_own(ngircd, irc_client, run_bot) -> None:
+    squatter = irc_client(ngircd.port, "mup")
+    squatter.join("#ops")
+    alice = irc_client(ngircd.port, "alice")
+    alice.join("#ops")
+    run_bot(bot_config(ngircd, alternate_nicks=["mup_alt"]))
+    alice.expect(r"^:mup_alt!\S+ JOIN :?#ops")
+    alice.privmsg("#ops", "mup_alt: echo on the alternate")
+    alice.expect(r"^:mup_alt!\S+ PRIVMSG #ops :alice: on the alternate$")
+    squatter.close()
+    alice.expect(r"^:mup_alt!\S+ NICK :?mup$")
+    alice.privmsg("#ops", "mup: echo regained")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: regained$")
+
+
 def test_tls_with_a_verified_certificate(ngircd_tls, irc_client, run_bot) -> None:
     ca = ngircd_tls.certs.ca_dir
     run_bot({"irc": {"endpoint": f"tls:host=localhost:port={ngircd_tls.tls_port}:trustRoots={ca}",

@@ -76,6 +76,13 @@ def test_sasl_wrong_password_is_reported_and_the_bot_carries_on(inspircd_atheme,
     watcher.expect(r"^:mupbad!\S+ PRIVMSG watcher2 :still answering$")
 
 
+def test_nickserv_identify_fallback(inspircd_atheme, run_bot, line_clients) -> None:
+    run_bot({"irc": {"endpoint": inspircd_atheme.endpoint, "nick": "bob",
+                     "channels": ["#ops"], "nickserv_password": ACCOUNTS["bob"]}})
+    watcher = line_clients(inspircd_atheme.port, {"watcher3": {}})["watcher3"]
+    wait_for(lambda: whois_account(watcher, "bob") == "bob", 5, "bob identified by NickServ")
+
+
 def whoami() -> Command:
     return Command("whoami", "whoami", "Your services account.",
                    lambda request: f"account={request.account}", needs_account=True)
