@@ -124,7 +124,8 @@ class IRCProtocol(Protocol):
         self._later("register", max(s.ping_timeout, 10.0), self._register_timeout)
         self._later("idle", s.ping_interval, self._idle)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        reason = reason or Failure(ConnectionError("connection lost"))
         self._lost = True
         self.ready = False
         for call in list(self._timers.values()):
@@ -418,6 +419,9 @@ class IRCProtocol(Protocol):
         self.registered = True
         self._cancel("register")
         self.nick = msg.param(0, self.nick)
+        welcome = msg.params[-1].split()[-1:] if len(msg.params) > 1 else []
+        if welcome and welcome[0].startswith(self.nick + "!") and "@" in welcome[0]:
+            self.hostmask = welcome[0]  # many servers greet us with our full mask
         log.info("Registered on IRC as {nick}", nick=self.nick)
         s = self.settings
         if s.nickserv_password and self.account is None:

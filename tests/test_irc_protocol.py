@@ -550,3 +550,12 @@ def test_backoff_grows_while_the_server_drops_us_before_registration(monkeypatch
     assert [connect_and_drop(False) for _ in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
     assert connect_and_drop(True) == 2.0  # a registered connection resets the backoff
     assert [connect_and_drop(False) for _ in range(2)] == [2.0, 4.0]
+
+
+def test_own_hostmask_from_the_welcome_line() -> None:
+    bot = Bot(channels=[])
+    bot.feed(":irc.test 001 mup :Welcome to the Internet Relay Network mup!~mup@10.1.2.3")
+    assert bot.protocol.hostmask == "mup!~mup@10.1.2.3"
+    assert bot.service.connected
+    assert bot.protocol._text_limit("PRIVMSG", "alice") == 512 - len(
+        ":mup!~mup@10.1.2.3 PRIVMSG alice :\r\n")
