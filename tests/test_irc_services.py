@@ -13,7 +13,8 @@ from mup.commands import Command, Commands
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
 from mup.irc import IRCService
-from mup.testing.inspircd import ACCOUNTS
+from mup.testing.certs import make_certificates
+from mup.testing.inspircd import ACCOUNTS, InspircdAtheme
 from mup.testing.ircclient import LineClient
 from mup.testing.process import wait_for
 
@@ -136,3 +137,30 @@ def test_account_tracking(inspircd_atheme, bot_service, irc_reactor, line_client
     # privately, from a logged-in user outside the channel
     users["dave"].privmsg("mup", "whoami")
     users["dave"].expect(r"PRIVMSG dave :account=bob$")
+
+
+@pytest.fixture(scope="module")
+def inspircd_tls(tmp_path_factory: pytest.TempPathFactory, atheme_seed) -> Iterator[Any]:
+    """InspIRCd + Atheme with a TLS port that asks for client certificates."""
+    tmp = tmp_path_factory.mktemp("inspircd-tls")
+    certs = make_certificates(tmp / "certs")
+    servers = InspircdAtheme(tmp / "servers", seed=atheme_seed, tls_cert=certs.server_cert,
+                             tls_key=certs.server_key)
+    servers.certs = certs  # type: ignore[attr-defined]
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+def test_sasl_external_with_a_client_certificate(inspircd_tls, run_bot, line_clients) -> None:
+    certs = inspircd_tls.certs
+    alice = line_clients(inspircd_tls.port, {
+        "alice": {"sasl": ("alice", ACCOUNTS["alice"])}})["alice"]
+    alice.privmsg("NickServ", f"CERT ADD {certs.client_fingerprint}")
+    alice.expect(r"NickServ\S* NOTICE alice :Added fingerprint")
+    endpoint = (f"tls:host=localhost:port={inspircd_tls.tls_port}:trustRoots={certs.ca_dir}"
+                f":certificate={certs.client_cert}:privateKey={certs.client_key}")
+    bot = run_bot({"irc": {"endpoint": endpoint, "nick": "mupext", "channels": ["#ops"],
+                           "sasl_mechanism": "EXTERNAL"}})
+    assert "Logged in to services as alice" in bot.output()
+    assert whois_account(alice, "mupext") == "alice"

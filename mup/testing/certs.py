@@ -18,6 +18,11 @@ class TestCertificates:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+    client_cert: Path
+    """A client certificate (for SASL EXTERNAL), signed by the same CA."""
+    client_key: Path
+    client_fingerprint: str
+    """SHA-256 of the client certificate's DER, lower-case hex (what IRC servers show)."""
 
 
 def make_certificates(directory: Path) -> TestCertificates:
@@ -55,6 +60,13 @@ def make_certificates(directory: Path) -> TestCertificates:
                 critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256()))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder().subject_name(name("mup bot")).issuer_name(ca.subject)
+              .public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     ca_cert = directory / "ca" / "ca.pem"
     ca_cert.write_bytes(ca.public_bytes(pem))
@@ -64,4 +76,12 @@ def make_certificates(directory: Path) -> TestCertificates:
     server_key.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
                                              serialization.NoEncryption()))
     server_key.chmod(0o600)
-    return TestCertificates(directory / "ca", ca_cert, server_cert, server_key)
+    client_cert = directory / "client.pem"
+    client_cert.write_bytes(client.public_bytes(pem))
+    client_key_path = directory / "client.key"
+    client_key_path.write_bytes(client_key.private_bytes(
+        pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    client_key_path.chmod(0o600)
+    fingerprint = client.fingerprint(hashes.SHA256()).hex()
+    return TestCertificates(directory / "ca", ca_cert, server_cert, server_key, client_cert,
+                            client_key_path, fingerprint)

@@ -58,6 +58,14 @@ _INSPIRCD_CONF = """\
       sendpass="linkpass" recvpass="linkpass">
 <uline server="services.test" silent="yes">
 <sasl target="services.test" requiressl="no">
+{tls}"""
+
+_INSPIRCD_TLS = """
+<module name="ssl_gnutls">
+<module name="sslinfo">
+<sslprofile name="Clients" provider="gnutls" certfile="{cert}" keyfile="{key}" hash="sha256"
+            requestclientcert="yes">
+<bind address="127.0.0.1" port="{tls_port}" type="clients" sslprofile="Clients">
 """
 
 _ATHEME_CONF = """\
@@ -72,6 +80,8 @@ loadmodule "modules/nickserv/info";
 loadmodule "modules/nickserv/help";
 loadmodule "modules/saslserv/main";
 loadmodule "modules/saslserv/plain";
+loadmodule "modules/saslserv/external";
+loadmodule "modules/nickserv/cert";
 serverinfo {{
 	name = "services.test"; desc = "Atheme IRC Services"; numeric = "00A"; recontime = 1;
 	netname = "TestNet"; hidehostsuffix = "users.test"; adminname = "test";
@@ -96,11 +106,17 @@ class InspircdAtheme:
     """InspIRCd with Atheme linked to it, in ``directory``; ``.port`` takes clients."""
 
     def __init__(self, directory: Path | str, seed: Path | None = None,
-                 port: int | None = None, link_port: int | None = None) -> None:
+                 port: int | None = None, link_port: int | None = None,
+                 tls_cert: Path | str | None = None, tls_key: Path | str | None = None) -> None:
         self.dir = Path(directory)
         self.seed = seed
         self.port = port or free_port()
         self.link_port = link_port or free_port()
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.tls_port = free_port() if tls_cert else None
+        """With ``tls_cert``/``tls_key``: a TLS client port that asks for client certificates
+        (their SHA-256 fingerprints work with NickServ CERT and SASL EXTERNAL)."""
         self.inspircd: ServerProcess | None = None
         self.atheme: ServerProcess | None = None
 
@@ -115,7 +131,9 @@ class InspircdAtheme:
     def _prepare(self) -> None:
         for sub in ("inspircd", "atheme/data", "log", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        values = {"dir": self.dir, "port": self.port, "link_port": self.link_port}
+        tls = (_INSPIRCD_TLS.format(cert=self.tls_cert, key=self.tls_key, tls_port=self.tls_port)
+               if self.tls_cert else "")
+        values = {"dir": self.dir, "port": self.port, "link_port": self.link_port, "tls": tls}
         (self.dir / "inspircd" / "inspircd.conf").write_text(_INSPIRCD_CONF.format(**values))
         (self.dir / "atheme" / "atheme.conf").write_text(_ATHEME_CONF.format(**values))
         if self.seed is not None:
