@@ -56,6 +56,7 @@ _KEYS_PER_RECORD = 4096
 _SUFFIX = ".seg"
 _KEYS_FILE = "keys"
 _DELETE_RETRY = 30.0
+_IDLE_ROTATE = 256 << 10
 
 
 class JournalError(Exception):
@@ -397,12 +398,9 @@ class Journal:
                 bodies = json.loads(b"[" + b",".join([p[1:] for p in payloads]) + b"]")
             except ValueError:
                 bodies = None
-            for n, payload in enumerate(payloads):
-                try:
-                    body = bodies[n] if bodies is not None else json.loads(payload[1:])
-                    max_seq = max(max_seq, self._replay(seg, payload[0], body))
-                except (ValueError, TypeError, KeyError, IndexError):
-                    rec.corrupt_records += 1
+            top, bad = self._replay_segment(seg, payloads, bodies)
+            max_seq = max(max_seq, top)
+            rec.corrupt_records += bad
         self._next_seq = max_seq + 1
         self._prune(now)
 
@@ -422,6 +420,41 @@ class Journal:
         level("journal {dir}: {pending} pending in {segments} segments; cut {torn} torn bytes, "
               "skipped {corrupt} corrupt records", dir=self.directory, pending=rec.pending,
               segments=rec.segments, torn=rec.torn_bytes, corrupt=rec.corrupt_records)
+
+    def _replay_segment(self, seg: _Segment, payloads: list[bytes],
+                        bodies: list[Any] | None) -> tuple[int, int]:
+        """Apply a segment's records; returns (highest seq named, records that made no sense).
+
+        Appends, the bulk of a backlog, take an inlined fast path."""
+        pending, pending_keys, seg_of, keys = (self._pending, self._pending_keys, self._seg_of,
+                                               self._keys)
+        seg_keys, seg_id = seg.keys, seg.id
+        top = bad = count = 0
+        for n, payload in enumerate(payloads):
+            try:
+                body = bodies[n] if bodies is not None else json.loads(payload[1:])
+                if payload[0] == 0x61:
+                    seq, key, appended, record = body
+                    if type(seq) is not int or type(key) is not str or type(record) is not dict:
+                        raise ValueError("bad append record")
+                    if keys.get(key, -1e300) < appended:
+                        keys[key] = appended
+                    seg_keys.append(key)
+                    if seq > top:
+                        top = seq
+                    if key not in pending_keys and seq not in pending:
+                        pending[seq] = Entry(seq, key, record, float(appended))
+                        pending_keys[key] = seq
+                        seg_of[seq] = seg_id
+                        count += 1
+                else:
+                    seg.pending += count
+                    count = 0
+                    top = max(top, self._replay(seg, payload[0], body))
+            except (ValueError, TypeError, KeyError, IndexError):
+                bad += 1
+        seg.pending += count
+        return top, bad
 
     def _replay(self, seg: _Segment, kind: int, body: Any) -> int:
         """Apply one record read at start-up; returns the highest seq it names."""
@@ -575,8 +608,8 @@ class Journal:
     def settled(self) -> defer.Deferred[None]:
         """Fires once nothing is queued, being written or waiting to be deleted (for tests,
         benchmarks and a tidy shutdown)."""
-        if not self._busy and self._call is None and not self._queue and (
-                self._closed or self._deletion_job() is None):
+        if not self._busy and self._call is None and not self._queue and (self._closed or (
+                not self._should_rotate_idle() and self._deletion_job() is None)):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._settled_waiters.append(d)
@@ -646,6 +679,9 @@ class Journal:
             del self._queue[: self._max_batch]
             self._start_batch(items)
             return
+        if self._should_rotate_idle():
+            self._start_batch([])
+            return
         job = self._deletion_job()
         if job is not None:
             self._busy = True
@@ -656,11 +692,20 @@ class Journal:
         else:
             self._idle(None)
 
+    def _should_rotate_idle(self) -> bool:
+        """Everything in the live segment is delivered and it has grown: move to a fresh one so
+        it can be deleted now rather than after the next segment_bytes of traffic."""
+        seg = self._current
+        return (seg is not None and not self._dirty and seg.pending == 0
+                and seg.size >= min(self._segment_bytes // 4, _IDLE_ROTATE)
+                and all(r not in self._segments for r in seg.refs)
+                and self._reactor.seconds() >= self._delete_after)
+
     def _start_batch(self, items: list[_Item]) -> None:
         seg = self._current
         assert seg is not None
         rotate = None
-        if seg.size >= self._segment_bytes and seg.size > HEADER_SIZE:
+        if (seg.size >= self._segment_bytes or not items) and seg.size > HEADER_SIZE:
             new_id = seg.id + 1
             base = min([i.seq for i in items if i.kind == "a"] or [self._next_seq])
             rotate = (new_id, self._path(_segment_name(new_id)), _header(_SEG_MAGIC, base))
@@ -741,6 +786,8 @@ class Journal:
             self._current = seg
         if out.error is not None:
             self._dirty = not out.clean
+            if rotate is not None:
+                self._back_off()
             log.error("journal {dir}: write failed ({error}); {n} records refused{extra}",
                       dir=self.directory, error=out.error, n=len(items),
                       extra="" if out.clean else ", and the tail could not be cut")
@@ -806,7 +853,7 @@ class Journal:
 
     def _idle(self, _: Any) -> None:
         self._busy = False
-        if self._queue or self._deletion_job() is not None:
+        if self._queue or self._should_rotate_idle() or self._deletion_job() is not None:
             self._schedule()
         elif self._call is None and self._settled_waiters:
             waiters, self._settled_waiters = self._settled_waiters, []
@@ -869,10 +916,8 @@ class Journal:
 
     def _deleted(self, going: list[_Segment], outcome: tuple[int, int]) -> None:
         count, keys_size = outcome
-        if count < len(going) and not self._closed:  # try again later, not every turn
-            self._delete_after = self._reactor.seconds() + _DELETE_RETRY
-            if self._retry_call is None or not self._retry_call.active():
-                self._retry_call = self._reactor.callLater(_DELETE_RETRY, self._schedule)
+        if count < len(going):
+            self._back_off()
         if keys_size < 0:
             return
         self._keys_size = keys_size
@@ -886,6 +931,14 @@ class Journal:
         for seg in going[:count]:
             del self._segments[seg.id]
         self._prune(self._reactor.seconds())
+
+    def _back_off(self) -> None:
+        """Housekeeping (deletion, idle rotation) failed: try again later, not every turn."""
+        if self._closed:
+            return
+        self._delete_after = self._reactor.seconds() + _DELETE_RETRY
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self._reactor.callLater(_DELETE_RETRY, self._schedule)
 
     def _prune(self, now: float) -> None:
         """Forget keys older than the window (unless still pending)."""

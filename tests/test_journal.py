@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from mup.journal import Entry, FileSystem, Journal, JournalError
+from mup.journal import HEADER_SIZE, Entry, FileSystem, Journal, JournalError
 
 WEEK = 7 * 86400.0
 
@@ -310,6 +310,33 @@ def test_done_records_keep_older_segments_alive(tmp_path: Path) -> None:
     assert len(segments(tmp_path)) == 1  # everything else went, oldest first
     j.close()
     assert [e.key for e in open_journal(tmp_path, clock, **kw).pending()] == ["d"]
+
+
+def test_idle_journal_moves_off_a_delivered_segment(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock, segment_bytes=4096)
+    got = append_all(j, clock, [f"k:{i}" for i in range(40)])  # ~4 kB, one segment
+    assert len(segments(tmp_path)) == 1
+    results([j.mark_done(e.seq) for e in got])
+    clock.advance(0)
+    [seg] = segments(tmp_path)
+    assert seg.stat().st_size == HEADER_SIZE  # a fresh segment; the old one was deleted
+    assert append_all(j, clock, ["k:1"]) == [None]
+    j.close()
+
+
+def test_failed_idle_rotation_does_not_spin(tmp_path: Path) -> None:
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs, segment_bytes=1024)
+    got = append_all(j, clock, [f"k:{i}" for i in range(20)])
+    fs.fail["create"] = errno.ENOSPC
+    results([j.mark_done(e.seq) for e in got])
+    clock.advance(0)  # would never return if the rotation were retried every turn
+    assert len(segments(tmp_path)) == 1 and segments(tmp_path)[0].stat().st_size > 256
+    fs.fail.clear()
+    clock.advance(31)
+    assert segments(tmp_path)[0].stat().st_size == HEADER_SIZE
+    j.close()
 
 
 def test_all_delivered_leaves_almost_nothing(tmp_path: Path) -> None:
