@@ -178,3 +178,49 @@ def test_text_says_when_no_demo_runs(tmp_path):
                              str(tmp_path), "hello"], capture_output=True, text=True, timeout=10)
     assert result.returncode == 1
     assert "the demo is not running" in result.stderr
+
+
+def test_demo_configs_are_valid_mup_configs(tmp_path):
+    """The templates render into configs mup accepts (a renamed key would stop the demo)."""
+    sys.path.insert(0, str(ROOT / "demo"))
+    try:
+        import demo as demo_module
+    finally:
+        sys.path.remove(str(ROOT / "demo"))
+    from mup.config import load
+
+    d = demo_module.Demo(tmp_path, {"irc": 6667, "relay": 8180, "webhook": 8181})
+    d.values["sendsms_port"] = 13013
+    bot = load(str(demo_module.render("mup.toml.in", tmp_path / "mup.toml", d.values)),
+               environ={})
+    relay = load(str(demo_module.render("relay.toml.in", tmp_path / "relay.toml", d.values)),
+                 environ={})
+    assert bot.irc.endpoint == "tcp:host=127.0.0.1:port=6667"
+    assert bot.sms.require_account is False and bot.sms.allowed_hostmasks
+    assert bot.inbound.relay_url == "http://127.0.0.1:8180"
+    assert bot.inbound.relay_token == relay.relay.token != ""
+    assert bot.section("sms.kannel").inbound_token == relay.section("sms.kannel").inbound_token
+    assert bot.resolve_path(bot.ldap.ldif) == str(ROOT / "demo" / "people.ldif")
+    assert relay.webhook.endpoint == "tcp:port=8180:interface=127.0.0.1"
+
+
+def test_demo_people_load_and_can_be_texted():
+    """demo/people.ldif loads into the embedded directory; every mobile is a valid E.164
+    number and every zone a real one, so @sms and the local times work for everyone."""
+    from zoneinfo import ZoneInfo
+
+    from mup.ldap import load_ldif
+    from mup.phone import normalise
+
+    path = ROOT / "demo" / "people.ldif"
+    load_ldif(str(path))
+    text = path.read_text()
+    mobiles = [line.split(":", 1)[1].strip() for line in text.splitlines()
+               if line.startswith("mobile:")]
+    zones = [line.split(":", 1)[1].strip() for line in text.splitlines()
+             if line.startswith("timezone:")]
+    assert len(mobiles) == text.count("objectClass: mupPerson") >= 5
+    for mobile in mobiles:
+        assert normalise(mobile, "").startswith("+")
+    for zone in zones:
+        ZoneInfo(zone)
