@@ -12,7 +12,7 @@ Everything is real and local: ngircd, Kannel (bearerbox + smsbox + fakesmsc), th
 ``twistd -n mup`` with an embedded LDIF directory.  The machine's 2 cores are shared with the
 whole stack (and maybe other work): run it twice and trust the p50 more than the p99.
 
-    python bench/sms.py [--sends 100]
+    python bench/sms.py [--sends 100] [--slapd]
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def start_ngircd(directory: Path, port: int):
     return server
 
 
-def write_config(path: Path, irc_port: int, kannel: Kannel, state: Path) -> None:
+def write_config(path: Path, irc_port: int, kannel: Kannel, state: Path,
+                 ldap_url: str = "") -> None:
+    ldap = f'url = "{ldap_url}"' if ldap_url else f'ldif = "{PEOPLE}"'
     path.write_text(f"""
 [irc]
 endpoint = "tcp:host=127.0.0.1:port={irc_port}"
@@ -106,7 +108,7 @@ line_rate = 0.0
 command_rate = 0.0
 
 [ldap]
-ldif = "{PEOPLE}"
+{ldap}
 base_dn = "ou=people,dc=example,dc=com"
 
 [sms]
@@ -140,6 +142,8 @@ def percentile(values: list[float], p: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sends", type=int, default=100)
+    parser.add_argument("--slapd", action="store_true",
+                        help="look people up in a real slapd instead of the embedded LDIF")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mup-bench-sms-"))
     stoppers = []
@@ -150,8 +154,16 @@ def main() -> int:
         irc_port = free_port()
         ngircd = start_ngircd(work / "ngircd", irc_port)
         stoppers.append(ngircd.stop)
+        ldap_url = ""
+        if args.slapd:
+            from mup.testing.slapd import Slapd
+
+            slapd = Slapd(work / "slapd", PEOPLE)
+            stoppers.append(slapd.stop)
+            slapd.start()
+            ldap_url = slapd.url
         config = work / "mup.toml"
-        write_config(config, irc_port, kannel, work / "state")
+        write_config(config, irc_port, kannel, work / "state", ldap_url)
         bot = ServerProcess(twistd_argv("-n", f"--pidfile={work / 'mup.pid'}", "mup",
                                         "--config", str(config)), work / "mup.log", cwd=work)
         stoppers.append(bot.stop)
@@ -207,8 +219,9 @@ def main() -> int:
                     f"p99 {percentile(values, 99) * 1000:7.2f} ms   "
                     f"mean {statistics.mean(values) * 1000:7.2f} ms")
 
-        print(f"bench/sms.py: {args.sends} sends each, interleaved; {os.cpu_count()} cores "
-              "shared with ngircd, Kannel, the bot and this client")
+        where = "slapd" if args.slapd else "the embedded LDIF directory"
+        print(f"bench/sms.py: {args.sends} sends each, interleaved, people in {where}; "
+              f"{os.cpu_count()} cores shared with ngircd, Kannel, the bot and this client")
         print(row("kannel sendsms (floor)", floor))
         print(row("@echo round trip (IRC)", echo))
         print(row("@poke (IRC + 1 lookup)", poke))
