@@ -371,8 +371,8 @@ def instructions(ports: dict[str, int], run_dir: Path) -> str:
         f"  Phone inbox: {rel}/phone.log (the SMS the bot sends; also printed below)",
         "  People:      niemeyer (Sao Paulo), alice (Paris), kenji (Tokyo), carol (New York),",
         "               priya (Kolkata), dave (+10:00): demo/people.ldif",
-        "  Note:        ngircd has no services accounts, so the demo trusts every nick from",
-        "               127.0.0.1 to send SMS ([sms] require_account = false).",
+        "  Note:        ngircd has no services accounts: the demo lets anyone on 127.0.0.1 who",
+        "               uses a nick from People send SMS ([sms] require_account = false).",
         f"  Configs and logs: {rel}/ (mup.toml, relay.toml, kannel/, *.log)",
         "",
     ])
