@@ -57,6 +57,7 @@ _SUFFIX = ".seg"
 _KEYS_FILE = "keys"
 _DELETE_RETRY = 30.0
 _IDLE_ROTATE = 256 << 10
+_REPAIR_DELAY = 1.0
 
 
 class JournalError(Exception):
@@ -275,6 +276,7 @@ class Journal:
         self._max_batch = 4096
         self._delete_after = 0.0
         self._retry_call: Any = None
+        self._repair_call: Any = None
         self._settled_waiters: list[defer.Deferred[None]] = []
 
     # -- opening and recovery -----------------------------------------------------------------
@@ -626,10 +628,10 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        for call in (self._call, self._retry_call):
+        for call in (self._call, self._retry_call, self._repair_call):
             if call is not None and call.active():
                 call.cancel()
-        self._call = self._retry_call = None
+        self._call = self._retry_call = self._repair_call = None
         queue, self._queue = self._queue, []
         self._fail_items(queue, Failure(JournalClosed("the journal was closed")))
         waiters, self._settled_waiters = self._settled_waiters, []
@@ -680,7 +682,7 @@ class Journal:
             self._start_batch(items)
             return
         if self._should_rotate_idle():
-            self._start_batch([])
+            self._start_batch([], rotate=True)
             return
         job = self._deletion_job()
         if job is not None:
@@ -701,15 +703,16 @@ class Journal:
                 and all(r not in self._segments for r in seg.refs)
                 and self._reactor.seconds() >= self._delete_after)
 
-    def _start_batch(self, items: list[_Item]) -> None:
+    def _start_batch(self, items: list[_Item], rotate: bool = False) -> None:
         seg = self._current
         assert seg is not None
-        rotate = None
-        if (seg.size >= self._segment_bytes or not items) and seg.size > HEADER_SIZE:
+        if (seg.size >= self._segment_bytes or rotate) and seg.size > HEADER_SIZE:
             new_id = seg.id + 1
             base = min([i.seq for i in items if i.kind == "a"] or [self._next_seq])
-            rotate = (new_id, self._path(_segment_name(new_id)), _header(_SEG_MAGIC, base))
-        target = rotate[0] if rotate else seg.id
+            rotation = (new_id, self._path(_segment_name(new_id)), _header(_SEG_MAGIC, base))
+        else:
+            rotation = None
+        target = rotation[0] if rotation else seg.id
         frames = []
         dones: list[int] = []
         for item in items:
@@ -721,9 +724,9 @@ class Journal:
             frames.append(_frame(_encode(b"d", dones)))
         data = b"".join(frames)
         self._busy = True
-        job = (self._fd, seg.size, self._dirty, rotate, data)
+        job = (self._fd, seg.size, self._dirty, rotation, data)
         d = self._run(lambda: self._write_job(*job))
-        d.addCallbacks(self._written, self._write_crashed, callbackArgs=(items, target, rotate),
+        d.addCallbacks(self._written, self._write_crashed, callbackArgs=(items, target, rotation),
                        errbackArgs=(items,))
         d.addErrback(self._internal_error)
         d.addBoth(self._idle)
@@ -737,6 +740,7 @@ class Journal:
             if truncate_first:
                 fs.ftruncate(fd, offset)
                 fs.fsync(fd)
+                truncate_first = False
             if rotate is not None:
                 _, path, header = rotate
                 new_fd = fs.create(path)
@@ -788,6 +792,10 @@ class Journal:
             self._dirty = not out.clean
             if rotate is not None:
                 self._back_off()
+            if self._dirty and not self._closed and (
+                    self._repair_call is None or not self._repair_call.active()):
+                # The webhook stops appending while unwritable: cut the bad tail on our own.
+                self._repair_call = self._reactor.callLater(_REPAIR_DELAY, self._repair)
             log.error("journal {dir}: write failed ({error}); {n} records refused{extra}",
                       dir=self.directory, error=out.error, n=len(items),
                       extra="" if out.clean else ", and the tail could not be cut")
@@ -931,6 +939,14 @@ class Journal:
         for seg in going[:count]:
             del self._segments[seg.id]
         self._prune(self._reactor.seconds())
+
+    def _repair(self) -> None:
+        """Retry cutting the tail a failed write left, so ``writable()`` can come back."""
+        self._repair_call = None
+        if self._dirty and not self._closed:
+            if self._busy or self._queue:
+                return  # the next batch cuts it first; it reschedules if it fails
+            self._start_batch([], rotate=False)
 
     def _back_off(self) -> None:
         """Housekeeping (deletion, idle rotation) failed: try again later, not every turn."""

@@ -508,6 +508,27 @@ def test_write_that_cannot_be_undone_makes_the_journal_unwritable_until_it_can(
     j.close()
 
 
+def test_unwritable_journal_repairs_itself_without_appends(tmp_path: Path) -> None:
+    """The webhook stops appending while ``writable()`` is False, so the journal must retry on
+    its own."""
+    clock, fs = Clock(), FailingFS()
+    j = open_journal(tmp_path, clock, fs=fs)
+    append_all(j, clock, ["a"])
+    fs.fail.update(pwrite=errno.EIO, ftruncate=errno.EIO)
+    append_all(j, clock, ["b"])
+    assert not j.writable()
+    clock.advance(1)
+    assert not j.writable()  # still failing
+    fs.fail.clear()
+    clock.advance(1)
+    assert j.writable()
+    j.close()
+    j = open_journal(tmp_path, clock)
+    assert [e.key for e in j.pending()] == ["a"]
+    assert j.recovery.torn_bytes == 0 and j.recovery.corrupt_records == 0
+    j.close()
+
+
 def test_failed_mark_done_puts_the_message_back(tmp_path: Path) -> None:
     clock, fs = Clock(), FailingFS()
     j = open_journal(tmp_path, clock, fs=fs)
