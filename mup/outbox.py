@@ -97,9 +97,16 @@ class Outbox:
     def _write(self, record: dict[str, Any]) -> None:
         if self._log is None:
             return
-        self._log.append(record)
-        if self._log.lines > 2 * len(self._records) + 1000:
-            self._compact()
+        try:
+            self._log.append(record)
+            if self._log.lines > 2 * len(self._records) + 1000:
+                self._compact()
+        except OSError as e:
+            # The SMS went out all the same; only its delivery report may go unannounced.
+            from twisted.logger import Logger
+
+            Logger().error("SMS outbox {path} cannot be written: {error}",
+                           path=self._log.path, error=e)
 
     def _compact(self) -> None:
         assert self._log is not None

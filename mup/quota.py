@@ -88,9 +88,18 @@ class Quota:
             wait = bucket.delay(segments)
             return (f"You are sending SMS too fast; try again in "
                     f"{_human_seconds(wait)}.")
+        try:
+            self._record(key, segments)
+        except OSError as e:
+            self._buckets[key] = TokenBucket(  # give the tokens back: nothing was taken
+                self.sender_burst, self.sender_rate, self._clock,
+                tokens=min(bucket.tokens + segments, self.sender_burst))
+            log.error("SMS quota state {path} cannot be written: {error}",
+                      path=self._log.path if self._log else "", error=e)
+            return ("I can't record the SMS budget right now (the state directory is not "
+                    "writable); tell the bot's operator.")
         self._daily[key] = used + segments
         self._global += segments
-        self._record(key, segments)
         return None
 
     def refund(self, sender: str, segments: int) -> None:
@@ -136,10 +145,11 @@ class Quota:
 
     def _record(self, key: str, segments: int) -> None:
         now = self._clock.seconds()
+        if self._log is not None:
+            self._log.append({"t": now, "s": key, "n": segments})
         self._events.append((now, key, segments))
         if self._log is None:
             return
-        self._log.append({"t": now, "s": key, "n": segments})
         if self._log.lines > 2 * len(self._events) + 1000:
             self._prune(now)
             self._log.compact({"t": t, "s": k, "n": n} for t, k, n in self._events)

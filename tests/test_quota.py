@@ -127,3 +127,14 @@ def test_one_fsync_for_a_burst_of_appends(tmp_path):
     # Already readable by a new process before the fsync: it was flushed at once.
     q.reserve("joe", 1)
     assert make(tmp_path, clock).used("joe") == 2
+
+
+def test_unwritable_state_refuses_and_takes_nothing(tmp_path):
+    clock = clock_at()
+    q = make(tmp_path, clock)
+    (tmp_path / "sms-quota.jsonl").unlink(missing_ok=True)
+    (tmp_path / "sms-quota.jsonl").mkdir()  # appending now fails
+    assert "can't record the SMS budget" in q.reserve("joe", 5)
+    assert q.used("joe") == 0
+    (tmp_path / "sms-quota.jsonl").rmdir()
+    assert q.reserve("joe", 5) is None  # the bucket was not drained by the failure

@@ -253,3 +253,9 @@ def test_any_text_is_sent_whole_within_limits_or_refused(tmp_path, text):
         assert message["body"].startswith("joe> ")
     else:
         assert reply.startswith(("Usage:", "That SMS is too long by")), reply
+
+
+def test_unwritable_outbox_does_not_hide_a_sent_sms(world, tmp_path):
+    (tmp_path / "sms-outbox.jsonl").mkdir()
+    assert world.say("niemeyer hi") == "SMS is on the way!"
+    assert len(world.fake.messages) == 1
