@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 __all__ = ["RELAY_MARK", "RelayPuller", "make_puller"]
@@ -69,6 +68,7 @@ class RelayPuller(Service):
         self._room: Deferred[None] | None = None
         self._pulling: Deferred[None] | None = None
         self._waits: set[Deferred[Any]] = set()
+        self._backoffs: dict[Deferred[None], Any] = {}
         self._trouble: str | None = None
         self._failures = 0
         self.pulled = 0
@@ -141,8 +141,9 @@ class RelayPuller(Service):
                                          timeout=self.poll_timeout + 15)
         if code == 400 and b"cursor" in body and self.cursor:
             # Expired (the relay restarted) or not understood: the start is always valid.
-            self.log.info("relay: {reason}; pulling again from the start, messages already "
-                          "here are dropped by id", reason=_describe(code, body))
+            reason = body.decode("utf-8", "replace").strip().split(";")[0][:200]
+            self.log.info("relay {url}: {reason}; pulling again from the start (messages "
+                          "already here are dropped by id)", url=self._base, reason=reason)
             self.cursor = ""
             return []
         if code != 200:
@@ -240,6 +241,8 @@ class RelayPuller(Service):
                 raise
             raise _RelayTrouble("no answer from the relay in time") from None
         except Exception as e:  # noqa: BLE001 - any network failure is a retry
+            if not self.running:
+                raise CancelledError() from None
             raise _RelayTrouble(_network_reason(e)) from None
         return response.code, body
 
@@ -250,22 +253,38 @@ class RelayPuller(Service):
                           "answers", url=self._base, why=why)
             self._trouble = why
         delay = min(self._max_delay, self._min_delay * 2 ** min(self._failures - 1, 30))
-        await self._sleep(delay * (0.5 + 0.5 * self._jitter()))
+        await self._sleep(delay * (0.5 + 0.5 * self._jitter()), backoff=True)
 
     def _recovered(self) -> None:
         if self._trouble is not None:
             self.log.info("relay {url}: answering again after {n} failed attempts",
                           url=self._base, n=self._failures)
+            # The other loop (pull or ack) need not sleep out its backoff.
+            for d, call in list(self._backoffs.items()):
+                if call.active():
+                    call.cancel()
+                    d.callback(None)
         self._trouble = None
         self._failures = 0
 
-    async def _sleep(self, delay: float) -> None:
-        d = deferLater(self._reactor, delay)
+    async def _sleep(self, delay: float, backoff: bool = False) -> None:
+        d: Deferred[None] = Deferred()
+        call = self._reactor.callLater(delay, d.callback, None)
+        d.addErrback(_cancelled, call)
         self._waits.add(d)
+        if backoff:
+            self._backoffs[d] = call
         try:
             await d
         finally:
             self._waits.discard(d)
+            self._backoffs.pop(d, None)
+
+
+def _cancelled(failure: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return failure
 
 
 def _describe(code: int, body: bytes) -> str:
@@ -278,9 +297,12 @@ def _describe(code: int, body: bytes) -> str:
 
 def _network_reason(e: BaseException) -> str:
     """One line: the innermost reason (treq wraps TLS and connection errors in lists)."""
-    reasons = getattr(e, "reasons", None)
-    if reasons and hasattr(reasons[0], "value"):
-        return _network_reason(reasons[0].value)
+    reasons = [r.value for r in getattr(e, "reasons", None) or [] if hasattr(r, "value")]
+    if reasons:
+        telling = [r for r in reasons if not isinstance(r, CancelledError)]
+        return _network_reason((telling or reasons)[0])
+    if isinstance(e, CancelledError):
+        return "the request was cut off"
     if type(e).__module__.startswith("OpenSSL") and e.args and isinstance(e.args[0], list):
         details = [part for err in e.args[0] for part in err[-1:] if part]
         return "TLS error: " + ("; ".join(details) or "handshake failed")

@@ -330,3 +330,41 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
     assert sorted(s.bot_keys()) == sorted(f"kannel:{m}" for m in accepted)  # none lost
     assert [e.key for e in s.relay_journal.pending()] == []  # every one acknowledged
     s.puller.stopService()
+
+
+class Flaky:
+    """The relay through StubTreq, or refusing connections while ``down``."""
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+        self.down = False
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        if self.down:
+            return fail(ConnectionRefusedError("Connection was refused by other side: 111"))
+        return self.http.request(method, url, **kw)
+
+
+def test_when_one_loop_gets_through_the_other_stops_backing_off() -> None:
+    s = Side()
+    flaky = Flaky(s.http)
+    s.puller = s.make_puller(flaky, min_delay=1.0, max_delay=60.0)
+    s.accept("a")
+    s.puller.startService()
+    s.flush()
+    flaky.down = True
+    s.deliver_all()  # the ack of a fails; the pull fails once the current long poll ends
+    for _ in range(60):
+        s.clock.advance(1)
+        s.flush()
+    assert s.puller._failures >= 5 and len(s.puller._backoffs) == 2  # both loops back off
+    s.accept("b")
+    flaky.down = False
+    while s.relay.backlog == 2 and len(s.bot_keys()) == 1:  # until one loop gets through
+        s.clock.advance(1)
+        s.flush()
+    # ... and the other did not sleep out its backoff: both are through at the same moment.
+    s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b"]
+    assert s.relay.backlog == 1
+    s.puller.stopService()
