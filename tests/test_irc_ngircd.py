@@ -64,6 +64,20 @@ def test_comes_back_after_the_server_is_killed_and_restarted(ngircd, irc_client,
     assert bot.output().count("Registered on IRC as mup") == 2
 
 
+def test_a_hung_server_is_detected_by_the_bots_own_ping(ngircd, irc_client, run_bot) -> None:
+    bot = run_bot(bot_config(ngircd, ping_interval=1.0, ping_timeout=1.0))
+    ngircd.pause()
+    try:
+        bot.wait_for_output("IRC server did not answer for 2.0s; reconnecting", timeout=10)
+    finally:
+        ngircd.resume()
+    alice = irc_client(ngircd.port, "alice")
+    alice.join("#ops")
+    alice.expect(r"^:mup!\S+ JOIN :?#ops", timeout=15)
+    alice.privmsg("#ops", "@echo alive")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: alive$")
+
+
 def test_alternate_nick_then_regains_its_own(ngircd, irc_client, run_bot) -> None:
     squatter = irc_client(ngircd.port, "mup")
     squatter.join("#ops")

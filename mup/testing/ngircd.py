@@ -8,6 +8,8 @@ sustained piles up in ngircd's socket buffer.  ``max_penalty_time=0`` turns that
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from mup.testing.process import ServerProcess, free_port, require_binary
@@ -111,6 +113,15 @@ class Ngircd:
         if self.process is not None:
             self.process.kill()
             self.process.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung server)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
