@@ -214,9 +214,10 @@ class Relay:
         timeout = min(max(timeout, 0.0), self._poll_timeout)
         limit = min(max(limit, 1), MAX_LIMIT)
         if self._after(after, limit) or timeout == 0:
-            return self._pull_answer(request, after, limit)
+            return self._pull_answer(request, self.epoch, after, limit)
         d = self._wait(timeout)
-        d.addCallback(lambda _: self._pull_answer(request, after, limit))
+        epoch = self.epoch
+        d.addCallback(lambda _: self._pull_answer(request, epoch, after, limit))
         return d
 
     def _wait(self, timeout: float) -> Deferred[None]:
@@ -239,14 +240,18 @@ class Relay:
         self._waiters.add(d)
         return d
 
-    def _pull_answer(self, request: IRequest, after: int, limit: int) -> bytes:
+    def _pull_answer(self, request: IRequest, epoch: str, after: int, limit: int) -> bytes:
+        """The messages after ``after``, and the cursor past them.  ``epoch`` is the one the
+        request's cursor was read in: if the epoch changed while the pull waited, the cursor
+        keeps the old one, so the bot's next pull is refused and starts again."""
         entries = self._after(after, limit)
         last = entries[-1].seq if entries else after
-        self._handed_out_up_to = max(self._handed_out_up_to, last)
+        if epoch == self.epoch:
+            self._handed_out_up_to = max(self._handed_out_up_to, last)
         _pulls.labels("messages" if entries else "empty").inc()
         _handed_out.inc(len(entries))
         return self._json(request, {
-            "cursor": format_cursor(self.epoch, last),
+            "cursor": format_cursor(epoch, last),
             "messages": [{"id": e.key, "seq": e.seq, "accepted": e.appended,
                           "record": e.record} for e in entries],
         })

@@ -348,3 +348,18 @@ def test_acknowledgements_survive_reopening_the_real_journal(tmp_path: Any) -> N
     assert relay.backlog == 2
     assert relay.health()["relay_backlog"] == 2
     reopened.close()
+
+
+def test_a_pull_waiting_across_an_epoch_change_answers_with_its_old_epoch(h: Harness) -> None:
+    h.journal.hold = True
+    h.journal.append("kannel:a", {})
+    late = h.journal.held[0][1]
+    h.journal.hold = False
+    h.add(1)
+    cursor = json.loads(h.answer(h.pull(""))[1])["cursor"]
+    waiting = h.pull(cursor, timeout=30)
+    h.relay.accepted(late)  # out of order: the epoch changes, the waiting pull wakes
+    answer = json.loads(h.answer(waiting)[1])
+    assert answer["cursor"] == cursor  # not a new-epoch cursor that would skip `a`
+    code, body = h.answer(h.pull(answer["cursor"]))
+    assert code == 400 and b"expired" in body
