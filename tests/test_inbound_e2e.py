@@ -132,3 +132,23 @@ def test_wrong_token_is_refused_and_nothing_shown(ngircd_fast, irc_client, run_b
     assert 'mup_inbound_rejected_total{reason="forbidden"} 1.0' in metrics()
     assert "mup_inbound_backlog 0.0" in metrics()
     assert urllib.parse.quote(TOKEN) not in (tmp_path / "mup-0.log").read_text()
+
+
+def test_post_url_puts_the_text_in_the_body(ngircd_fast, irc_client, run_bot,
+                                             tmp_path_factory, tmp_path):
+    """Kannel's post-url variant: the text is the body, the sender an X-Kannel-From header."""
+    port = free_port()
+    server = Kannel(tmp_path_factory.mktemp("kannel-post"),
+                    post_url=f"http://127.0.0.1:{port}/kannel/mo?id=%I&token={TOKEN}",
+                    service_options={"send-sender": "true"}, username="mup", password="secret")
+    server.start()
+    try:
+        run_bot(bot_config(ngircd_fast, server, port, tmp_path))
+        jose = irc_client(ngircd_fast.port, "jose")
+        jose.join("#ops")
+        server.inject_mo(NIEMEYER, "4242", "#ops posted, with  two spaces")
+        jose.expect(r"PRIVMSG #ops :\[SMS\] <niemeyer> posted, with two spaces$")
+        server.inject_mo(NIEMEYER, "4242", "#ops ünïcödé ✓")
+        jose.expect(r"PRIVMSG #ops :\[SMS\] <niemeyer> ünïcödé ✓$")
+    finally:
+        server.stop()
