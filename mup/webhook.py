@@ -66,6 +66,9 @@ class Receiver:
         self.public_url: str = config.webhook.public_url
         self.kannel_token: str = config.section("sms.kannel").inbound_token
         self.twilio_token: str = config.section("sms.twilio").auth_token
+        if self.twilio_token and not self.public_url:
+            log.warn("[sms.twilio] auth_token is set but [webhook] public_url is empty: Twilio "
+                     "signs the URL it posts to, so every Twilio post will be refused (403)")
         self.app = app = Klein()
         app.route("/kannel/mo", methods=["GET", "POST"])(self.kannel_mo)
         app.route("/kannel/dlr", methods=["GET", "POST"])(self.kannel_dlr)
