@@ -36,3 +36,13 @@ def test_missing_config_option(tmp_path):
     result = twistd("-n", "--pidfile=", "mup", cwd=tmp_path)
     assert result.returncode != 0
     assert "--config FILE is required" in result.stdout + result.stderr
+
+
+def test_config_error_found_while_building_is_one_clear_line(tmp_path):
+    (tmp_path / "people.ldif").write_text("dn: cn=x,dc=example,dc=com\nthis is not ldif\n")
+    path = tmp_path / "mup.toml"
+    path.write_text('[ldap]\nldif = "people.ldif"\n')
+    result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.startswith(f"mup: {path}: [ldap] ldif"), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

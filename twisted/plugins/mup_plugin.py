@@ -19,13 +19,15 @@ class Options(usage.Options):
             raise usage.UsageError("--config FILE is required")
 
 
-def _load(path: str):
+def _make(name: str, path: str, make):
+    """Load the config and build the service; a config problem, found while loading or while
+    building (a bad LDIF, say), is one line on stderr and exit status 1, never a traceback."""
     from mup.config import ConfigError, load
 
     try:
-        return load(path)
+        return make(load(path))
     except ConfigError as e:
-        sys.stderr.write(f"mup: {e}\n")
+        sys.stderr.write(f"{name}: {e}\n")
         raise SystemExit(1) from None
 
 
@@ -38,7 +40,7 @@ class MupServiceMaker:
     def makeService(self, options: Options):
         from mup.service import make_service
 
-        return make_service(_load(options["config"]))
+        return _make(self.tapname, options["config"], make_service)
 
 
 serviceMaker = MupServiceMaker()
@@ -52,14 +54,9 @@ class MupRelayServiceMaker:
     options = Options
 
     def makeService(self, options: Options):
-        from mup.config import ConfigError
         from mup.relay import make_relay_service
 
-        try:
-            return make_relay_service(_load(options["config"]))
-        except ConfigError as e:
-            sys.stderr.write(f"mup-relay: {e}\n")
-            raise SystemExit(1) from None
+        return _make(self.tapname, options["config"], make_relay_service)
 
 
 relayServiceMaker = MupRelayServiceMaker()
