@@ -3,7 +3,9 @@
 By the SMS's first word: ``#chan ...`` goes to that channel if the bot is configured for it
 (otherwise to the default channel, with a note); ``nick ...`` goes to that person privately if
 the nick is on IRC or in the directory; anything else goes to whoever last texted this number
-through mup (within the reply window), else to the default channel.  The sender is named by
+through mup (within the reply window), else to the default channel.  A private message for
+someone not on IRC right now goes to the default channel with a note saying for whom, as the
+server would silently drop it.  The sender is named by
 the directory; an unknown number is masked, or the message dropped, by config.
 """
 
@@ -99,12 +101,21 @@ class Router:
                          why="addressed to an unknown channel")
         nick = first.rstrip(":,")
         if _NICK.fullmatch(nick) and await self._is_person(nick):
-            return Route(nick, rest, sender, sender_nick, why="addressed to a nick")
+            return self._private(nick, rest, sender, sender_nick, "addressed to a nick")
         if reply_to:
-            return Route(reply_to, sms.text.strip(), sender, sender_nick,
-                         why="reply to the last person who texted this number")
+            return self._private(reply_to, sms.text.strip(), sender, sender_nick,
+                                 "reply to the last person who texted this number")
         return Route(self.default_channel, sms.text.strip(), sender, sender_nick,
                      why="default channel")
+
+    def _private(self, nick: str, text: str, sender: str, sender_nick: str, why: str
+                 ) -> Route:
+        """To ``nick`` privately if on IRC now; otherwise the server would drop the message
+        (no such nick) after confirming it, so it goes to the default channel, addressed."""
+        if self.is_present(nick):
+            return Route(nick, text, sender, sender_nick, why=why)
+        return Route(self.default_channel, text, sender, sender_nick,
+                     note=f"(for {nick}, who is not on IRC now)", why=why + ", absent")
 
     async def _person_nick(self, number: str) -> str | None:
         """The sender's nick; "" when not in the directory; None when the directory failed

@@ -109,6 +109,7 @@ def test_long_sms_split_over_lines(h: Harness) -> None:
 
 
 def test_private_and_reply_routes(h: Harness) -> None:
+    h.irc.present.add("joe")
     h.post(N, "alice: can you call me")
     assert h.lines("alice")[0] == "[SMS] <niemeyer> can you call me"
     h.routes.record(STRANGER, "joe")
@@ -241,6 +242,7 @@ def test_format_lines_are_always_safe(text: str, limit: int) -> None:
 
 def test_target_irc_refuses_goes_to_the_default_channel(h: Harness) -> None:
     h.routes.record(STRANGER, "not a nick")
+    h.irc.present.add("not a nick")   # as if IRC said so; its deliver refuses the target
     entry = h.post(STRANGER, "hello")
     assert h.lines("#ops") == ["[SMS] <+44 79** ***999> hello",
                                "(for not a nick, who cannot be messaged)"]

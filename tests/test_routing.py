@@ -40,7 +40,7 @@ CASES = [
     ("07911 123456", "#OPS: late", "#ops", "late", "niemeyer", False),
     ("+447911123456", "#dev{1} rfc1459 folding", "#Dev[1]", "rfc1459 folding", "niemeyer", False),
     ("+447911123456", "#random hi all", "#ops", "#random hi all", "niemeyer", True),
-    ("+447911123456", "joe: call me", "joe", "call me", "niemeyer", False),
+    ("+447911123456", "joe: call me", "#ops", "call me", "niemeyer", True),  # joe is away
     ("+447911123456", "alice are you there", "alice", "are you there", "niemeyer", False),
     ("+447911123456", "Nobody reads this", "#ops", "Nobody reads this", "niemeyer", False),
     ("+447911123999", "#ops who am I", "#ops", "who am I", "+44 79** ***999", False),
@@ -65,7 +65,7 @@ def test_masked_number_format(tmp_path) -> None:
 
 def test_reply_goes_to_last_sender_within_window(tmp_path) -> None:
     clock = Clock()
-    router, routes = make_router(tmp_path, clock=clock)
+    router, routes = make_router(tmp_path, clock=clock, present=("joe",))
     routes.record("+447911123456", "joe")
     r = route(router, "+447911123456", "On my way")
     assert (r.target, r.text, r.private) == ("joe", "On my way", True)
@@ -76,7 +76,7 @@ def test_reply_goes_to_last_sender_within_window(tmp_path) -> None:
 
 
 def test_unknown_sender_dropped_by_config_unless_someone_texted_them(tmp_path) -> None:
-    router, routes = make_router(tmp_path, unknown="drop")
+    router, routes = make_router(tmp_path, unknown="drop", present=("joe",))
     assert route(router, "+447911123999", "#ops spam").dropped
     routes.record("+447911123999", "joe")
     r = route(router, "+447911123999", "thanks")
@@ -129,3 +129,12 @@ def test_reply_routes_unreadable_file_starts_afresh(tmp_path, content) -> None:
     assert routes.lookup("+1") is None
     routes.record("+1", "joe")
     assert json.loads((tmp_path / FILENAME).read_text())["+1"][0] == "joe"
+
+
+def test_private_for_someone_not_on_irc_goes_to_the_channel_addressed(tmp_path) -> None:
+    router, routes = make_router(tmp_path, present=())
+    r = route(router, "+447911123456", "joe: call me")
+    assert (r.target, r.text, r.note) == ("#ops", "call me", "(for joe, who is not on IRC now)")
+    routes.record("+447911123999", "ann")
+    r = route(router, "+447911123999", "thanks")
+    assert (r.target, r.note) == ("#ops", "(for ann, who is not on IRC now)")
