@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import json
 import os
 import struct
@@ -58,6 +59,7 @@ _KEYS_FILE = "keys"
 _DELETE_RETRY = 30.0
 _IDLE_ROTATE = 256 << 10
 _REPAIR_DELAY = 1.0
+_COMPACT_SLACK = 10000
 
 
 class JournalError(Exception):
@@ -347,7 +349,7 @@ class Journal:
                     rec.corrupt_records += 1
             # Rewrite when damaged or mostly expired; that also cuts any torn tail.
             if (good_end < len(data) or corrupt or _parse_header(data, _KEYS_MAGIC) is None
-                    or self._keys_entries > 2 * len(self._carried) + 1024):
+                    or self._keys_entries > 2 * len(self._carried) + _COMPACT_SLACK // 10):
                 rec.torn_bytes += max(0, len(data) - max(good_end, HEADER_SIZE))
                 self._rewrite_keys()
                 changed_dir = True
@@ -595,9 +597,24 @@ class Journal:
         self._schedule()
         return item.d
 
-    def pending(self) -> list[Entry]:
-        """Messages accepted and not delivered, in append order."""
-        return list(self._pending.values())
+    def pending(self, after: int = 0, limit: int | None = None) -> list[Entry]:
+        """Messages accepted and not delivered, in append order: those with ``seq > after``,
+        at most ``limit`` of them.  ``after`` costs what it returns, not the whole backlog."""
+        if after <= 0:
+            if limit is None:
+                return list(self._pending.values())
+            return list(itertools.islice(self._pending.values(), max(0, limit)))
+        newer: list[Entry] = []
+        for entry in reversed(self._pending.values()):
+            if entry.seq <= after:
+                break
+            newer.append(entry)
+        newer.reverse()
+        return newer if limit is None else newer[: max(0, limit)]
+
+    def is_pending(self, key: str) -> bool:
+        """Whether a message with this key is accepted and not yet delivered."""
+        return key in self._pending_keys
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -611,7 +628,8 @@ class Journal:
         """Fires once nothing is queued, being written or waiting to be deleted (for tests,
         benchmarks and a tidy shutdown)."""
         if not self._busy and self._call is None and not self._queue and (self._closed or (
-                not self._should_rotate_idle() and self._deletion_job() is None)):
+                not self._should_rotate_idle() and not self._should_compact()
+                and self._deletion_job() is None)):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._settled_waiters.append(d)
@@ -683,6 +701,16 @@ class Journal:
             return
         if self._should_rotate_idle():
             self._start_batch([], rotate=True)
+            return
+        if self._should_compact():
+            self._busy = True
+            snapshot = list(self._carried.items())
+            data = _header(_KEYS_MAGIC, 0) + b"".join(
+                _frame(p) for p in self._keys_payloads(snapshot))
+            c = self._run(lambda: self._compact_job(data))
+            c.addCallback(self._compacted, len(snapshot))
+            c.addErrback(self._internal_error)
+            c.addBoth(self._idle)
             return
         job = self._deletion_job()
         if job is not None:
@@ -861,7 +889,8 @@ class Journal:
 
     def _idle(self, _: Any) -> None:
         self._busy = False
-        if self._queue or self._should_rotate_idle() or self._deletion_job() is not None:
+        if (self._queue or self._should_rotate_idle() or self._should_compact()
+                or self._deletion_job() is not None):
             self._schedule()
         elif self._call is None and self._settled_waiters:
             waiters, self._settled_waiters = self._settled_waiters, []
@@ -939,6 +968,47 @@ class Journal:
         for seg in going[:count]:
             del self._segments[seg.id]
         self._prune(self._reactor.seconds())
+
+    def _should_compact(self) -> bool:
+        """The keys file holds mostly expired or repeated keys."""
+        return (self._keys_entries > 2 * len(self._carried) + _COMPACT_SLACK
+                and not self._dirty and self._reactor.seconds() >= self._delete_after)
+
+    def _compact_job(self, data: bytes) -> int | OSError:
+        """On the writer thread: replace the keys file by ``data``; returns its new fd."""
+        fs = self._fs
+        tmp, path = self._path(_KEYS_FILE + ".tmp"), self._path(_KEYS_FILE)
+        try:
+            if os.path.exists(tmp):
+                fs.unlink(tmp)
+            fd = fs.create(tmp)
+            try:
+                fs.pwrite(fd, data, 0)
+                fs.fsync(fd)
+            except OSError:
+                fs.close(fd)
+                raise
+            fs.replace(tmp, path)
+            fs.fsync_dir(self.directory)
+        except OSError as e:
+            return e
+        return fd
+
+    def _compacted(self, result: int | OSError, entries: int) -> None:
+        if isinstance(result, OSError):
+            log.error("journal {dir}: cannot compact the keys file ({e})", dir=self.directory,
+                      e=result)
+            self._back_off()
+            return
+        if self._keys_fd is not None:
+            self._fs.close(self._keys_fd)
+        if self._closed:
+            self._fs.close(result)
+            self._keys_fd = None
+            return
+        self._keys_fd = result
+        self._keys_size = os.fstat(result).st_size
+        self._keys_entries = entries
 
     def _repair(self) -> None:
         """Retry cutting the tail a failed write left, so ``writable()`` can come back."""

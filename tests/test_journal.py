@@ -70,6 +70,8 @@ class CrashFS(FileSystem):
 
     def __init__(self) -> None:
         self.budget: int | None = None
+        self.error_once: str | None = None
+        """"pwrite" or "fsync": that call fails once with an OSError (full disk, I/O error)."""
         self.paths: dict[int, str] = {}
         self.synced: dict[str, int] = {}
 
@@ -90,6 +92,10 @@ class CrashFS(FileSystem):
         super().close(fd)
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        if self.error_once == "pwrite" and data:
+            self.error_once = None
+            super().pwrite(fd, data[: len(data) // 2], offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
         if self.budget is not None and len(data) > self.budget:
             super().pwrite(fd, data[: self.budget], offset)
             self.budget = None
@@ -99,6 +105,9 @@ class CrashFS(FileSystem):
         super().pwrite(fd, data, offset)
 
     def fsync(self, fd: int) -> None:
+        if self.error_once == "fsync":
+            self.error_once = None
+            raise OSError(errno.EIO, "Input/output error")
         super().fsync(fd)
         self.synced[self.paths[fd]] = os.fstat(fd).st_size
 
@@ -167,6 +176,20 @@ def test_append_fires_after_the_write_and_keeps_order(tmp_path: Path) -> None:
     assert len(j) == 6 and j.writable()
     j.close()
     assert not j.writable()
+
+
+def test_pending_after_and_limit(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    got = append_all(j, clock, [f"k:{i}" for i in range(10)])
+    results([j.mark_done(got[7].seq)])
+    clock.advance(0)
+    for after, limit, expected in [(0, None, [0, 1, 2, 3, 4, 5, 6, 8, 9]), (0, 2, [0, 1]),
+                                   (got[5].seq, None, [6, 8, 9]), (got[5].seq, 1, [6]),
+                                   (got[9].seq, None, []), (0, 0, [])]:
+        assert [e.key for e in j.pending(after, limit)] == [f"k:{i}" for i in expected]
+    assert j.is_pending("k:1") and not j.is_pending("k:7") and not j.is_pending("nope")
+    j.close()
 
 
 def test_concurrent_appends_share_one_fsync(tmp_path: Path) -> None:
@@ -280,6 +303,33 @@ def test_keys_file_is_compacted_at_open(tmp_path: Path) -> None:
     j = open_journal(tmp_path, clock, **kw)
     assert (tmp_path / "keys").stat().st_size < big // 10
     assert isinstance(append_all(j, clock, ["k:1:1"])[0], Entry)  # expired key accepted again
+    j.close()
+
+
+def test_keys_file_is_compacted_while_running(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mup.journal._COMPACT_SLACK", 100)
+    clock = Clock()
+    kw = {"segment_bytes": 2048, "dedupe_window": 100.0}
+    j = open_journal(tmp_path, clock, **kw)
+
+    def traffic(prefix: str, rounds: int) -> None:
+        for n in range(rounds):
+            got = append_all(j, clock, [f"{prefix}:{n}:{i}" for i in range(30)])
+            results([j.mark_done(e.seq) for e in got])
+            clock.advance(1)
+
+    traffic("old", 40)
+    big = (tmp_path / "keys").stat().st_size
+    clock.advance(1000)
+    traffic("new", 3)
+    assert (tmp_path / "keys").stat().st_size < big // 4
+    assert not (tmp_path / "keys.tmp").exists()
+    assert append_all(j, clock, ["new:0:0", "new:2:29"]) == [None, None]
+    assert isinstance(append_all(j, clock, ["old:0:0"])[0], Entry)
+    j.close()
+    j = open_journal(tmp_path, clock, **kw)
+    assert append_all(j, clock, ["new:0:0", "new:2:29"]) == [None, None]
     j.close()
 
 
@@ -594,11 +644,12 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("crash"), st.none() | st.integers(0, 400), st.floats(0, 1)),
     st.tuples(st.just("reopen")),
     st.tuples(st.just("time"), st.sampled_from([1.0, 3600.0])),
+    st.tuples(st.just("ioerror"), st.sampled_from(["pwrite", "fsync"])),
 ), max_size=60)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("MUP_JOURNAL_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list) -> None:
     path = tmp_path_factory.mktemp("j")
@@ -655,6 +706,8 @@ def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list)
             clock.advance(0)
         elif op[0] == "time":
             clock.advance(op[1])
+        elif op[0] == "ioerror":
+            fs.error_once = op[1]
         elif op[0] == "crash":
             _, budget, cut = op
             fs.budget = budget
@@ -663,6 +716,7 @@ def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list)
             except SimulatedCrash:
                 pass
             fs.budget = None
+            fs.error_once = None
             fs.abandon()
             # A power cut may also lose what was written but not fsync'd.
             for seg in segments(path):
@@ -675,6 +729,7 @@ def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list)
             check()
         else:
             clock.advance(0)
+            fs.error_once = None
             j.close()
             j = open_journal(path, clock, fs=fs, **kw)
             assert j.recovery.torn_bytes == 0 and j.recovery.corrupt_records == 0
