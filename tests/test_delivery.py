@@ -288,3 +288,58 @@ def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
     assert survivors.backlog == 0
     third = Journal.open(str(tmp_path / "journal"), reactor=clock)
     assert third.pending() == []
+
+
+# Property: whatever IRC does (down, failing, slow), every message is shown, in order per
+# sender, and marked done only once shown.
+
+events = st.lists(st.one_of(
+    st.tuples(st.just("post"), st.integers(0, 2)),
+    st.tuples(st.just("irc"), st.sampled_from(["down", "up", "fail", "confirm", "hold"])),
+    st.tuples(st.just("confirm"), st.integers(1, 3)),
+    st.tuples(st.just("time"), st.floats(0, 5)),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, script) -> None:
+    h = Harness(tmp_path_factory.mktemp("p"))
+    h.start()
+    senders = [N, J, STRANGER]
+    posted: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for kind, arg in script:
+        if kind == "post":
+            text = f"m{len(posted[arg])}"
+            posted[arg].append(text)
+            h.post(senders[arg], f"#ops s{arg} {text}")
+        elif kind == "irc":
+            if arg == "down":
+                h.irc.connected = False
+            elif arg == "up":
+                h.irc.connect()
+            else:
+                if arg == "confirm" and h.irc.held:
+                    h.irc.confirm()
+                h.irc.mode = arg
+        elif kind == "confirm":
+            h.irc.confirm(arg)
+        else:
+            h.clock.advance(arg)
+        # Marked done only once shown.
+        shown_keys = {line.split("> ", 1)[1] for _, line in h.irc.shown if "> " in line}
+        for entry in h.journal.entries.values():
+            if entry.seq in h.journal.done:
+                text = entry.record["text"].removeprefix("#ops ")
+                assert text in shown_keys
+    # Let everything through.
+    h.irc.mode = "confirm"
+    h.irc.connect()
+    for _ in range(30):
+        h.irc.confirm()
+        h.clock.advance(30)
+    shown = [line.split("> ", 1)[1] for _, line in h.irc.shown if line.startswith("[SMS]")]
+    for n, texts in posted.items():
+        firsts = list(dict.fromkeys(t.split(" ", 1)[1] for t in shown if t.startswith(f"s{n} ")))
+        assert firsts == texts
+    assert len(h.journal.done) == sum(map(len, posted.values()))
