@@ -224,6 +224,10 @@ class Delivery(Service):
         if route.dropped:
             log.info("SMS from {sender} dropped: {why}", sender=route.sender, why=route.why)
             return
+        media = sms.extra.get("media", "")
+        if media.isdigit() and int(media) > 0:
+            more = f"(with {media} picture(s) or other media, not shown here)"
+            route = replace(route, note=f"{route.note} {more}" if route.note else more)
         hint = self._hint_for(route)
         lines = format_lines(route, hint, self.line_limit)
         try:

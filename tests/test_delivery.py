@@ -108,6 +108,14 @@ def test_long_sms_split_over_lines(h: Harness) -> None:
     assert " ".join(line.removeprefix("[SMS] <niemeyer> ") for line in lines) == text
 
 
+def test_mms_media_is_mentioned(h: Harness) -> None:
+    key, record = journal_entry(InboundSMS("twilio", "MM1", N, "4242", "#ops look", 0.0,
+                                           {"media": "2"}))
+    h.delivery.accept(_sync.successResultOf(h.journal.append(key, record)))
+    assert h.lines("#ops")[:2] == ["[SMS] <niemeyer> look",
+                                   "(with 2 picture(s) or other media, not shown here)"]
+
+
 def test_private_and_reply_routes(h: Harness) -> None:
     h.irc.present.add("joe")
     h.post(N, "alice: can you call me")
