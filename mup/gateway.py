@@ -80,6 +80,13 @@ def gateway_from_config(config: Any, reactor: Any, http_client: Any = None) -> G
     http = http_client if http_client is not None else real_http_client(reactor)
     public_url = config.section("webhook").public_url
     common = {"timeout": sms.timeout, "retries": sms.retries}
+    gateway = _build(config, reactor, sms, http, public_url, common)
+    gateway.debug_numbers = config.section("log").level == "debug"
+    return gateway
+
+
+def _build(config: Any, reactor: Any, sms: Any, http: Any, public_url: str,
+           common: dict[str, Any]) -> Any:
     if sms.gateway == "kannel":
         from mup.gateways.kannel import KannelGateway
 

@@ -256,6 +256,7 @@ def test_secrets_and_numbers_stay_out_of_logs(twilio):
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
+        gw.debug_numbers = True  # [log] level = "debug"
         fake.fail_next(503)
         d = gw.send(NUMBER, "hello")
         clock.advance(1)
@@ -273,6 +274,19 @@ def test_secrets_and_numbers_stay_out_of_logs(twilio):
     assert any("+44 79** ***456" in text for text in above_debug)
     debug = [formatEvent(e) for e in events if e["log_level"] == LogLevel.debug]
     assert any(NUMBER in text for text in debug)
+
+
+def test_full_numbers_not_even_emitted_below_debug(twilio):
+    _fake, _clock, gw = twilio
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        result_of(gw.send(NUMBER, "hello"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    assert events and not any(NUMBER in formatEvent(e) for e in events)
 
 
 def test_kannel_request_parameters():
@@ -298,7 +312,9 @@ def test_gateway_from_config():
                                         "retries": 1}})
         gw = gateway_from_config(config, Clock(), http_client=object())
         assert isinstance(gw, cls) and gw.timeout == 3 and gw.retries == 1
-        assert gw.sender == "4242"
+        assert gw.sender == "4242" and not gw.debug_numbers
+    config = parse({"sms": {"gateway": "aql"}, "log": {"level": "debug"}})
+    assert gateway_from_config(config, Clock(), http_client=object()).debug_numbers
 
 
 def test_twilio_messaging_service():
