@@ -174,9 +174,17 @@ class Delivery(Service):
             d.addErrback(self._lane_failed, lane)
 
     def _lane_failed(self, failure: Any, lane: str) -> None:
-        if not failure.check(CancelledError):
-            log.failure("delivery lane {lane} stopped", failure, lane=lane)
         self._busy.discard(lane)
+        if failure.check(CancelledError) or not self.running:
+            return
+        log.failure("delivery lane {lane} failed; trying it again in {delay} s", failure,
+                    lane=lane, delay=self.max_backoff)
+        self.clock.callLater(self.max_backoff, self._retry_lane, lane)
+
+    def _retry_lane(self, lane: str) -> None:
+        if lane in self._queues and lane not in self._busy and lane not in self._ready:
+            self._ready.append(lane)
+        self._pump()
 
     async def _run_lane(self, lane: str) -> None:
         queue = self._queues[lane]
@@ -241,8 +249,11 @@ class Delivery(Service):
             hint = ""
             await self._send(route.target, format_lines(route, "", self.line_limit), True)
         if hint:
-            self._hinted[(irc_lower(route.sender_nick), irc_lower(route.target))] = (
-                self.clock.seconds())
+            now = self.clock.seconds()
+            if len(self._hinted) > 10000:
+                self._hinted = {k: t for k, t in self._hinted.items()
+                                if now - t < self.hint_window}
+            self._hinted[(irc_lower(route.sender_nick), irc_lower(route.target))] = now
         self.delivered += 1
         metrics.delivered.inc()
         metrics.inbound_latency.observe(max(self.clock.seconds() - sms.received, 0.0))

@@ -108,6 +108,26 @@ def test_long_sms_split_over_lines(h: Harness) -> None:
     assert " ".join(line.removeprefix("[SMS] <niemeyer> ") for line in lines) == text
 
 
+def test_a_lane_that_breaks_is_tried_again(h: Harness, monkeypatch) -> None:
+    import mup.delivery
+
+    calls = []
+
+    def broken(route, hint="", limit=0):
+        calls.append(route.text)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(route, hint, limit)
+
+    real = mup.delivery.format_lines
+    monkeypatch.setattr(mup.delivery, "format_lines", broken)
+    entry = h.post(N, "#ops after a bug")
+    assert h.irc.shown == [] and h.journal.done == set()
+    h.clock.advance(h.delivery.max_backoff)
+    assert h.lines("#ops")[0] == "[SMS] <niemeyer> after a bug"
+    assert h.journal.done == {entry.seq}
+
+
 def test_mms_media_is_mentioned(h: Harness) -> None:
     key, record = journal_entry(InboundSMS("twilio", "MM1", N, "4242", "#ops look", 0.0,
                                            {"media": "2"}))
