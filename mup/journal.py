@@ -262,9 +262,10 @@ class Journal:
         self._pending: dict[int, Entry] = {}
         self._seg_of: dict[int, int] = {}
         self._keys: dict[str, float] = {}
-        """Every key journaled within the window (and older ones still pending), with its time."""
+        """Keys appended to live segments, with their time (the latest, if appended twice)."""
         self._carried: dict[str, float] = {}
-        """Keys whose segment was deleted: what the keys file holds."""
+        """Keys whose segment was deleted: what the keys file holds.  A key is a duplicate when
+        either dict has it within the window (expired ones are pruned now and then)."""
         self._pending_keys: dict[str, int] = {}
         self._inflight: dict[str, _Item] = {}
         self._done_inflight: dict[int, _Item] = {}
@@ -319,8 +320,6 @@ class Journal:
     def _recover(self) -> None:
         fs = self._fs
         os.makedirs(self.directory, exist_ok=True)
-        now = self._reactor.seconds()
-        horizon = now - self._window
         rec = self.recovery
         changed_dir = False
         tmp = self._path(_KEYS_FILE + ".tmp")
@@ -338,25 +337,25 @@ class Journal:
                 log.warn("journal {dir}: keys file header damaged", dir=self.directory)
             payloads, corrupt, good_end = _scan(data, HEADER_SIZE)
             rec.corrupt_records += corrupt
+            carried = self._carried
             for payload in payloads:
                 try:
-                    pairs = json.loads(payload[1:]) if payload[:1] == b"k" else None
-                    for key, ts in pairs:
-                        self._keys_entries += 1
-                        if ts >= horizon and self._carried.get(key, -1e300) < ts:
-                            self._carried[key] = ts
+                    if payload[:1] != b"k":
+                        raise ValueError("not a keys record")
+                    pairs = json.loads(payload[1:])
+                    self._keys_entries += len(pairs)
+                    carried.update(pairs)  # written oldest first: the latest time wins
                 except (ValueError, TypeError):
                     rec.corrupt_records += 1
-            # Rewrite when damaged or mostly expired; that also cuts any torn tail.
-            if (good_end < len(data) or corrupt or _parse_header(data, _KEYS_MAGIC) is None
-                    or self._keys_entries > 2 * len(self._carried) + _COMPACT_SLACK // 10):
+            # Rewrite when damaged, which also cuts a torn tail (expired keys are pruned and
+            # compacted away while running, off the start-up path).
+            if good_end < len(data) or corrupt or _parse_header(data, _KEYS_MAGIC) is None:
                 rec.torn_bytes += max(0, len(data) - max(good_end, HEADER_SIZE))
                 self._rewrite_keys()
                 changed_dir = True
         else:
             self._rewrite_keys()
             changed_dir = True
-        self._keys.update(self._carried)
         self._keys_fd = fs.open(keys_path)
         self._keys_size = os.fstat(self._keys_fd).st_size
 
@@ -406,7 +405,6 @@ class Journal:
             max_seq = max(max_seq, top)
             rec.corrupt_records += bad
         self._next_seq = max_seq + 1
-        self._prune(now)
 
         if self._segments:
             self._current = self._segments[max(self._segments)]
@@ -555,8 +553,9 @@ class Journal:
         now = self._reactor.seconds()
         if key in self._pending_keys:
             return defer.succeed(None)
-        seen = self._keys.get(key)
-        if seen is not None and seen >= now - self._window:
+        horizon = now - self._window
+        if (self._keys.get(key, -1e300) >= horizon
+                or self._carried.get(key, -1e300) >= horizon):
             return defer.succeed(None)
         first = self._inflight.get(key)
         if first is not None:
@@ -959,11 +958,12 @@ class Journal:
             return
         self._keys_size = keys_size
         horizon = self._reactor.seconds() - self._window
+        keys, carried = self._keys, self._carried
         for seg in going:
             for key in seg.keys:
-                ts = self._keys.get(key, -1e300)
-                if ts >= horizon:
-                    self._carried[key] = ts
+                ts = keys.pop(key, None)
+                if ts is not None and ts >= horizon:
+                    carried[key] = ts
                     self._keys_entries += 1
         for seg in going[:count]:
             del self._segments[seg.id]
