@@ -1,0 +1,47 @@
+"""``[log] level``: drop log events below the configured level, whoever emits them.
+
+twistd starts its log observers after the service is built and offers no hook to filter them,
+so this service wraps the observers already registered on the global publisher when it starts
+(twistd has begun logging by then) and restores them when it stops.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    globalLogPublisher,
+)
+
+__all__ = ["LevelFilterService"]
+
+
+class LevelFilterService(Service):
+    """Filters every observer of ``publisher`` to events at ``level`` or above while running."""
+
+    def __init__(self, level: str, publisher: LogPublisher = globalLogPublisher) -> None:
+        self.level = LogLevel.levelWithName(level)
+        self._publisher = publisher
+        self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        if self.level is LogLevel.debug:
+            return
+        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        for observer in list(getattr(self._publisher, "_observers", [])):
+            wrapper = FilteringLogObserver(observer, [predicate])
+            self._publisher.removeObserver(observer)
+            self._publisher.addObserver(wrapper)
+            self._wrapped.append((observer, wrapper))
+
+    def stopService(self) -> None:
+        for observer, wrapper in self._wrapped:
+            self._publisher.removeObserver(wrapper)
+            self._publisher.addObserver(observer)
+        self._wrapped = []
+        super().stopService()
