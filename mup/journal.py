@@ -60,6 +60,7 @@ _DELETE_RETRY = 30.0
 _IDLE_ROTATE = 256 << 10
 _REPAIR_DELAY = 1.0
 _COMPACT_SLACK = 10000
+_MAX_BATCH_BYTES = 8 << 20
 
 
 class JournalError(Exception):
@@ -694,8 +695,14 @@ class Journal:
         if self._busy or self._closed:
             return
         if self._queue:
-            items = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+            count = size = 0
+            for item in self._queue:  # bound a batch by records and by bytes
+                size += len(item.frame)
+                count += 1
+                if count >= self._max_batch or size >= _MAX_BATCH_BYTES:
+                    break
+            items = self._queue[:count]
+            del self._queue[:count]
             self._start_batch(items)
             return
         if self._should_rotate_idle():

@@ -205,6 +205,30 @@ def test_concurrent_appends_share_one_fsync(tmp_path: Path) -> None:
     j.close()
 
 
+def test_writer_thread_on_the_real_reactor(tmp_path: Path, irc_reactor: Any) -> None:
+    """The production set-up: the shared reactor (run in a thread by the session fixture) and
+    writes on the journal's own thread; appends made in one turn share one fsync."""
+    from twisted.internet.defer import gatherResults
+
+    fs = CountingFS()
+    j = irc_reactor.call(Journal.open, str(tmp_path), irc_reactor.reactor, fs=fs)
+    assert j._threaded
+
+    async def burst() -> tuple[list, int]:
+        before = fs.fsyncs
+        entries = await gatherResults([j.append(f"k:{i}", {"i": i}) for i in range(64)])
+        return entries, fs.fsyncs - before
+
+    entries, fsyncs = irc_reactor.call(burst)
+    assert [e.seq for e in entries] == list(range(1, 65)) and fsyncs == 1
+    irc_reactor.call(lambda: gatherResults([j.mark_done(e.seq) for e in entries[:32]]))
+    assert irc_reactor.call(lambda: gatherResults([j.append("k:3", {})])) == [None]
+    irc_reactor.call(j.close)
+    j = open_journal(tmp_path, Clock())
+    assert [e.key for e in j.pending()] == [f"k:{i}" for i in range(32, 64)]
+    j.close()
+
+
 def test_record_must_be_json_and_key_sane(tmp_path: Path) -> None:
     clock = Clock()
     j = open_journal(tmp_path, clock)
