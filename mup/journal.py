@@ -14,10 +14,12 @@ resynchronise after a damaged record:
 * ``k [[key, appended], ...]`` (keys file only): keys kept so a retried post is not shown twice.
 
 Appends and "done" marks are group-committed: whatever arrives while one write+fsync runs goes into
-the next one, on a dedicated thread, so the reactor never waits for the disk.  A segment whose
-messages are all delivered (and whose done-records are no longer needed) is deleted once a newer
-segment exists; its keys go to the keys file first.  Start-up reads only live segments, so its time
-and memory follow what is undelivered, not the history.
+the next one, on the journal's own thread, so the reactor never waits for the disk (a failed write
+is cut back off the file and errbacks its appends).  A segment whose messages are all delivered,
+and whose done-records no longer matter, is deleted once a newer segment exists (an idle journal
+moves to a fresh segment to allow that); its keys go to the keys file first, which is compacted
+as they expire.  Start-up reads only live segments, so its time and memory follow what is
+undelivered, not the history (plus the keys still in the dedupe window).
 """
 
 from __future__ import annotations
