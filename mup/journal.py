@@ -121,9 +121,12 @@ def _frame(payload: bytes) -> bytes:
     return bytes((_MARK,)) + zlib.crc32(body).to_bytes(4, "big") + body
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder()
+
+
 def _encode(kind: bytes, body: Any) -> bytes:
-    text = json.dumps(body, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return kind + text.encode("ascii")
+    return kind + _ENCODER.encode(body).encode("ascii")
 
 
 def _scan(data: bytes, start: int) -> tuple[list[bytes], int, int]:
@@ -573,7 +576,8 @@ class Journal:
         if len(payload) > MAX_RECORD:
             return defer.fail(ValueError(f"journal record too large: {len(payload)} bytes"))
         self._next_seq += 1
-        entry = Entry(seq, key, json.loads(payload[1:])[3], now)
+        # The record as it will read back after a restart (tuples become lists, and so on).
+        entry = Entry(seq, key, _DECODER.decode(payload[1:].decode("ascii"))[3], now)
         item = _Item("a", seq, _frame(payload), defer.Deferred(), key=key, entry=entry)
         self._inflight[key] = item
         self._queue.append(item)
