@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import random
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
 
-__all__ = ["RELAY_MARK", "RelayPuller", "make_puller"]
+__all__ = ["RELAY_MARK", "RelayPuller", "check_settings", "make_puller"]
 
 RELAY_MARK = "relay"
 """Key set (to the relay's id) in ``record["extra"]`` of every message that came through the
@@ -310,12 +311,28 @@ def _network_reason(e: BaseException) -> str:
     return f"{type(e).__name__}" + (f": {text[0][:200]}" if text else "")
 
 
+def check_settings(config: Any) -> None:
+    """Refuse, in one line, an ``[inbound] relay_url`` that is not an http(s) URL, or one
+    without ``relay_token`` (every pull would get 401)."""
+    from mup.config import ConfigError
+
+    url = config.inbound.relay_url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{config.path}: [inbound] relay_url: expected an http:// or "
+                          f"https:// URL, got {url!r}")
+    if not config.inbound.relay_token:
+        raise ConfigError(f"{config.path}: [inbound] relay_token must be set with relay_url "
+                          "(the relay's [relay] token)")
+
+
 def make_puller(config: Any, journal: Any, wake: Callable[[], Any], reactor: Any
                 ) -> RelayPuller:
     """The puller for ``[inbound] relay_url``, with its own HTTP connection pool."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    check_settings(config)
     pool = HTTPConnectionPool(reactor, persistent=True)
     http = HTTPClient(Agent(reactor, pool=pool))
     return RelayPuller(config.inbound.relay_url, config.inbound.relay_token, journal, wake,

@@ -91,6 +91,10 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
                         is_present=irc.is_present)
     except ValueError as e:
         raise ConfigError(f"{config.path}: {e}") from None
+    if config.inbound.relay_url:
+        from mup.relayclient import check_settings
+
+        check_settings(config)  # before the journal starts its thread
     journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
     delivered_hooks: list[Any] = []
 

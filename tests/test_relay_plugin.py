@@ -39,3 +39,20 @@ def test_config_errors_are_one_clear_line(tmp_path, toml, message):
     assert result.returncode != 0
     assert f"{path}: {message}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("inbound,message", [
+    ('relay_url = "http://127.0.0.1:1"\n',
+     "[inbound] relay_token must be set with relay_url (the relay's [relay] token)"),
+    ('relay_url = "relay.example.com"\nrelay_token = "t"\n',
+     "[inbound] relay_url: expected an http:// or https:// URL, got 'relay.example.com'"),
+])
+def test_the_bots_relay_settings_are_checked_at_start(tmp_path, inbound, message):
+    path = tmp_path / "mup.toml"
+    path.write_text(f'[webhook]\njournal = "{tmp_path / "journal"}"\n'
+                    f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+                    f'[inbound]\ndefault_channel = "#ops"\n{inbound}')
+    result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"mup: {path}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
