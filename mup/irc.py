@@ -259,7 +259,8 @@ class IRCProtocol(Protocol):
             return
         trailing = command in ("PRIVMSG", "NOTICE")
         self._queue.append(_encode(format_line(command, *params, trailing=trailing)))
-        self._pump()
+        if self._pump_call is None:  # else the scheduled pump sends it in turn
+            self._pump()
 
     def _pump(self) -> None:
         self._pump_call = None

@@ -263,6 +263,22 @@ def test_flood_control_queue() -> None:
     assert d.called
 
 
+def test_flood_control_keeps_one_timer_however_long_the_queue() -> None:
+    bot = Bot(line_burst=5, line_rate=2.0)
+    bot.register()
+    bot.service.deliver("#ops", [f"line {i}" for i in range(50)])
+
+    def pumps() -> int:
+        return len([c for c in bot.clock.getDelayedCalls()
+                    if c.active() and c.func == bot.protocol._pump])
+
+    assert pumps() == 1
+    bot.clock.advance(0.5)
+    assert pumps() == 1
+    bot.clock.pump([0.5] * 100)
+    assert pumps() == 0 and len(bot.sent()) == 51
+
+
 def test_flood_control_off() -> None:
     bot = Bot(line_rate=0)
     bot.register()
