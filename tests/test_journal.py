@@ -229,6 +229,42 @@ def test_writer_thread_on_the_real_reactor(tmp_path: Path, irc_reactor: Any) -> 
     j.close()
 
 
+class LoggingFS(FileSystem):
+    """The real file system, logging the calls that matter for durability."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def create(self, path: str) -> int:
+        self.log.append("create " + os.path.basename(path))
+        return super().create(path)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        self.log.append("write")
+        super().pwrite(fd, data, offset)
+
+    def fsync(self, fd: int) -> None:
+        self.log.append("fsync")
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.log.append("fsync dir")
+        super().fsync_dir(path)
+
+
+def test_append_fires_after_fsync_and_after_the_directory_for_a_new_segment(
+        tmp_path: Path) -> None:
+    clock, log = Clock(), []
+    j = open_journal(tmp_path, clock, fs=LoggingFS(log), segment_bytes=32)
+    append_all(j, clock, ["a"])  # fills segment 1
+    del log[:]
+    j.append("b", {}).addCallback(lambda _: log.append("fired"))
+    clock.advance(0)
+    assert log == ["create 0000000000000002.seg", "write", "fsync", "fsync dir", "write",
+                   "fsync", "fired"]
+    j.close()
+
+
 def test_record_must_be_json_and_key_sane(tmp_path: Path) -> None:
     clock = Clock()
     j = open_journal(tmp_path, clock)
@@ -674,7 +710,7 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("turn")),
     st.tuples(st.just("crash"), st.none() | st.integers(0, 400), st.floats(0, 1)),
     st.tuples(st.just("reopen")),
-    st.tuples(st.just("time"), st.sampled_from([1.0, 3600.0])),
+    st.tuples(st.just("time"), st.sampled_from([1.0, 3600.0, 90000.0])),
     st.tuples(st.just("ioerror"), st.sampled_from(["pwrite", "fsync"])),
 ), max_size=60)
 
