@@ -6,6 +6,8 @@ import base64
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -575,3 +577,41 @@ def test_own_hostmask_from_the_welcome_line() -> None:
     assert bot.service.connected
     assert bot.protocol._text_limit("PRIVMSG", "alice") == 512 - len(
         ":mup!~mup@10.1.2.3 PRIVMSG alice :\r\n")
+
+
+_COMMANDS = ["PRIVMSG", "NOTICE", "JOIN", "PART", "KICK", "NICK", "QUIT", "CAP", "AUTHENTICATE",
+             "INVITE", "ACCOUNT", "PING", "PONG", "CHGHOST", "ERROR", "001", "318", "330",
+             "353", "396", "401", "403", "404", "432", "433", "437", "471", "900", "901", "903",
+             "904"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["", "alice!a@h", "mup!~mup@h", "irc.test", "!@"]),
+    st.sampled_from(_COMMANDS),
+    st.lists(st.sampled_from(["", "mup", "#ops", "alice", "*", "LS", "ACK", "+", "@echo x",
+                              "mup: echo y", "sasl account-tag", "\x01VERSION\x01", "é"]),
+             max_size=5)), max_size=12))
+def test_any_sequence_of_messages_is_handled_without_error(messages) -> None:
+    from mup.ircmsg import Message
+
+    bot = Bot(sasl_username="u", sasl_password="p", line_rate=0)
+    for prefix, command, params in messages:
+        bot.protocol.messageReceived(Message(command, tuple(params), prefix))
+    bot.clock.advance(100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_random_bytes_parse_or_are_rejected_cleanly(lines: list[bytes]) -> None:
+    from mup.ircmsg import decode, parse
+
+    bot = Bot(line_rate=0)
+    bot.register()
+    for raw in lines:
+        try:
+            msg = parse(decode(raw))
+        except ValueError:
+            continue
+        bot.protocol.messageReceived(msg)
+    assert not bot.transport.disconnecting
