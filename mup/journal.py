@@ -542,7 +542,9 @@ class Journal:
     def _start(self) -> None:
         if self._threaded:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="mup-journal")
-            self._pool.start()
+            # Not before the reactor runs: a start-up that fails after open() must not be
+            # kept alive by this (non-daemon) thread.  Writes queue until then.
+            self._reactor.callWhenRunning(self._pool.start)
             self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
 
     # -- the public interface -----------------------------------------------------------------

@@ -56,3 +56,19 @@ def test_the_bots_relay_settings_are_checked_at_start(tmp_path, inbound, message
     assert result.returncode != 0
     assert f"mup: {path}: {message}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_relay_whose_port_is_taken_exits_instead_of_hanging(tmp_path):
+    """The journal's writer thread must not keep a failed start-up alive."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "relay.toml"
+        path.write_text(f'[webhook]\nendpoint = "tcp:port={port}:interface=127.0.0.1"\n'
+                        f'journal = "{tmp_path / "journal"}"\n[relay]\ntoken = "t"\n')
+        result = twistd("-n", "--pidfile=", "mup-relay", "--config", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
