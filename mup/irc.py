@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mup.commands import Commands, Request, parse_command
-from mup.config import Config
+from mup.config import Config, ConfigError
 from mup.ircmsg import Message, decode, format_line, irc_lower, parse, sanitize, split_message
 from mup.ratelimit import TokenBucket
 
@@ -768,7 +768,12 @@ class IRCService(MultiService):
         self.reactor = reactor
         self.protocol: IRCProtocol | None = None
         self._waiting: list[Deferred[None]] = []
-        endpoint = clientFromString(reactor, config.irc.endpoint)
+        try:
+            endpoint = clientFromString(reactor, config.irc.endpoint)
+        except Exception as e:  # TypeError, ValueError, OSError, ... from the endpoint parsers
+            detail = str(e) or type(e).__name__
+            raise ConfigError(f"{config.path}: [irc] endpoint: cannot use "
+                              f"{config.irc.endpoint!r}: {detail}") from None
         self._early_losses = 0
         """Connections lost before registering, in a row (TLS refused, banned, ...)."""
         policy = retry_policy(config.irc.reconnect_max_delay)

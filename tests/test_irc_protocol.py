@@ -615,3 +615,13 @@ def test_random_bytes_parse_or_are_rejected_cleanly(lines: list[bytes]) -> None:
             continue
         bot.protocol.messageReceived(msg)
     assert not bot.transport.disconnecting
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:host=x", "tcp:host=x:port=abc", "foo:bar",
+                                      "tls:host=x:port=1:certificate=/nonexistent.pem"])
+def test_unusable_endpoint_is_a_config_error(endpoint: str) -> None:
+    from mup.config import ConfigError
+
+    config = parse_config({"irc": {"endpoint": endpoint}}, path="mup.toml")
+    with pytest.raises(ConfigError, match=r"^mup.toml: \[irc\] endpoint: cannot use"):
+        IRCService(config, Commands(), Clock())
