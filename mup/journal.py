@@ -25,6 +25,7 @@ undelivered, not the history (plus the keys still in the dedupe window).
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import itertools
 import json
@@ -58,6 +59,7 @@ _MAX_FRAME = 16 << 20
 _KEYS_PER_RECORD = 4096
 _SUFFIX = ".seg"
 _KEYS_FILE = "keys"
+_LOCK_FILE = "lock"
 _DELETE_RETRY = 30.0
 _IDLE_ROTATE = 256 << 10
 _REPAIR_DELAY = 1.0
@@ -204,6 +206,17 @@ class FileSystem:
     def close(self, fd: int) -> None:
         os.close(fd)
 
+    def lock(self, path: str) -> int:
+        """Open and lock ``path`` for this process (a POSIX lock, so another process opening
+        the journal fails while this one can still reopen it, as the crash tests do)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
 
 # -- in-memory state --------------------------------------------------------------------------
 
@@ -262,6 +275,7 @@ class Journal:
         self._current: _Segment | None = None
         self._fd: int | None = None
         self._keys_fd: int | None = None
+        self._lock_fd: int | None = None
         self._keys_size = HEADER_SIZE
         self._keys_entries = 0
         self._next_seq = 1
@@ -314,6 +328,9 @@ class Journal:
         gc.disable()
         try:
             journal._recover()
+        except BaseException:
+            journal._close_fds()
+            raise
         finally:
             if collecting:
                 gc.enable()
@@ -326,6 +343,21 @@ class Journal:
     def _recover(self) -> None:
         fs = self._fs
         os.makedirs(self.directory, exist_ok=True)
+        lock_path = self._path(_LOCK_FILE)
+        try:
+            self._lock_fd = fs.lock(lock_path)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            try:
+                with open(lock_path) as f:
+                    holder = f.read().strip() or "?"
+            except OSError:
+                holder = "?"
+            raise JournalError(f"journal {self.directory} is in use by another process "
+                               f"(pid {holder})") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         rec = self.recovery
         changed_dir = False
         tmp = self._path(_KEYS_FILE + ".tmp")
@@ -674,13 +706,13 @@ class Journal:
         self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._fd, self._keys_fd):
+        for fd in (self._fd, self._keys_fd, self._lock_fd):
             if fd is not None:
                 try:
                     self._fs.close(fd)
                 except OSError:
                     pass
-        self._fd = self._keys_fd = None
+        self._fd = self._keys_fd = self._lock_fd = None
 
     # -- group commit -------------------------------------------------------------------------
 

@@ -87,6 +87,11 @@ class CrashFS(FileSystem):
         self.synced[path] = os.fstat(fd).st_size
         return fd
 
+    def lock(self, path: str) -> int:
+        fd = super().lock(path)
+        self.paths[fd] = path
+        return fd
+
     def close(self, fd: int) -> None:
         self.paths.pop(fd, None)
         super().close(fd)
@@ -263,6 +268,24 @@ def test_append_fires_after_fsync_and_after_the_directory_for_a_new_segment(
     assert log == ["create 0000000000000002.seg", "write", "fsync", "fsync dir", "write",
                    "fsync", "fired"]
     j.close()
+
+
+def test_a_second_process_cannot_open_the_journal(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    code = ("import sys; from twisted.internet.task import Clock; from mup.journal import *\n"
+            "try:\n    Journal.open(sys.argv[1], Clock())\n"
+            "except JournalError as e:\n    print(e)\n")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert f"in use by another process (pid {os.getpid()})" in other.stdout, other.stderr
+    j.close()
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert other.stdout == "" and other.returncode == 0, other.stderr
 
 
 def test_record_must_be_json_and_key_sane(tmp_path: Path) -> None:
