@@ -18,6 +18,7 @@ machine is shared: run it twice and read the figures as +-20 %.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -97,13 +98,21 @@ async def fill(reactor: Any, path: str, count: int, deliver: bool) -> None:
     journal.close()
 
 
-def timed_open(reactor: Any, path: str) -> tuple[float, Any, int]:
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed_open(reactor: Any, path: str) -> tuple[float, Any, int, int]:
+    gc.collect()
+    before = rss()
     t0 = time.perf_counter()
     journal = Journal.open(path, reactor)
     took = time.perf_counter() - t0
+    grown = rss() - before
     recovery, backlog = journal.recovery, journal.backlog
     journal.close()
-    return took, recovery, backlog
+    return took, recovery, backlog, grown
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
@@ -135,10 +144,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             await fill(reactor, path, args.backlog, deliver)
             filled = time.perf_counter() - t0
-            took, rec, backlog = timed_open(reactor, path)
+            took, rec, backlog, grown = timed_open(reactor, path)
             print(f"  open() with {args.backlog} {label:11}: {took * 1000:7.1f} ms  "
                   f"(backlog {backlog}, {rec.segments} segments, "
-                  f"disk {disk_use(path) / 1e6:.1f} MB; filled in {filled:.1f} s)")
+                  f"disk {disk_use(path) / 1e6:.1f} MB, RSS +{grown / 1e6:.0f} MB; "
+                  f"filled in {filled:.1f} s)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
