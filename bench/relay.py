@@ -71,7 +71,7 @@ class Bot:
             f'[sms.kannel]\ninbound_token = "{KANNEL}"\n'
             f'[inbound]\ndefault_channel = "#ops"\nhint = false\n{relay}'
             f'[state]\ndirectory = "{directory / "state"}"\n'
-            '[log]\nlevel = "warn"\n')
+            '[log]\nlevel = "info"\n')
         self.process: ServerProcess | None = None
         self.runs = 0
 
