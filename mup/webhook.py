@@ -280,6 +280,13 @@ class WebhookService(Service):
         d.addCallbacks(listened, failed)
         if failure:
             self.listening.addErrback(lambda f: None)
+            # twistd gives up on this exception, but threads started before (the journal's
+            # writer) would keep the process alive: run the shutdown triggers that stop them.
+            if not getattr(self.reactor, "running", True):
+                try:
+                    self.reactor.fireSystemEvent("shutdown")
+                except NotImplementedError:   # a test's MemoryReactor
+                    pass
             failure[0].raiseException()
 
     def stopService(self) -> Deferred[None] | None:

@@ -108,3 +108,31 @@ def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_p
         firsts = list(dict.fromkeys(m for m in shown if m.startswith(f"s{n} ")))
         assert firsts == sorted(firsts), f"sender {n} out of order: {firsts}"
     print(f"{len(expected)} messages, {KILLS} kills, {len(twice)} shown twice: {sorted(twice)}")
+
+
+def test_a_webhook_port_in_use_stops_the_bot_at_once(tmp_path):
+    """Not a hang: the journal's writer thread, started before, must not keep twistd alive."""
+    import socket
+    import subprocess
+
+    from mup.testing.process import twistd_argv
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "mup.toml"
+        config.write_text(f"""
+[irc]
+endpoint = "tcp:host=127.0.0.1:port={free_port()}"
+channels = ["#ops"]
+[webhook]
+endpoint = "tcp:port={port}:interface=127.0.0.1"
+journal = "{tmp_path / 'journal'}"
+[state]
+directory = "{tmp_path / 'state'}"
+""")
+        result = subprocess.run(twistd_argv("-n", "--pidfile=", "mup", "--config", str(config)),
+                                capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
