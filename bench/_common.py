@@ -16,8 +16,8 @@ from mup.testing.ircclient import LineClient  # noqa: E402
 from mup.testing.ngircd import Ngircd  # noqa: E402
 from mup.testing.process import ServerProcess  # noqa: E402
 
-__all__ = ["LineClient", "ROOT", "TWISTD", "Ngircd", "fmt_ms", "percentiles", "rss_mb",
-           "start_bot", "start_ngircd", "toml_text"]
+__all__ = ["LineClient", "ROOT", "TWISTD", "Ngircd", "ServerProcess", "fmt_ms", "percentiles",
+           "rss_mb", "start_bot", "start_ngircd", "toml_text"]
 
 TWISTD = [sys.executable, "-c",
           "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]

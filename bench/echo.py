@@ -10,7 +10,9 @@ what gets measured):
 2. mup (``twistd -n mup``, line_rate = 0 and command_rate = 0: throttles off);
 
 and prints p50/p90/p99, the ratio to the floor, mup's start-up time (process start until the
-client sees its JOIN), its first reply, and its RSS after the run.  Two shared cores: figures
+client sees its JOIN), its first reply, and its RSS after the run; then the same start-up and
+RSS for the IRC core alone (IRCService with echo, no directory/SMS/webhook modules), to show
+what the rest of the program costs.  Two shared cores: figures
 move by +-20 % when other work runs on the machine.
 """
 
@@ -19,12 +21,35 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _common import LineClient, fmt_ms, percentiles, rss_mb, start_bot, start_ngircd
+from _common import (
+    ROOT,
+    LineClient,
+    ServerProcess,
+    fmt_ms,
+    percentiles,
+    rss_mb,
+    start_bot,
+    start_ngircd,
+)
+
+CORE_ONLY = """
+import sys
+from twisted.internet import reactor
+from mup.commands import Commands
+from mup.commands.basic import echo
+from mup.config import parse
+from mup.irc import IRCService
+config = parse({"irc": {"endpoint": sys.argv[1], "nick": "core", "channels": ["#bench"],
+                        "line_rate": 0, "command_rate": 0}})
+IRCService(config, Commands([echo()]), reactor).startService()
+reactor.run()
+"""
 
 
 def null_bot(port: int, channel: str, ready: threading.Event, stop: threading.Event) -> None:
@@ -104,6 +129,17 @@ def main() -> None:
                 rss = rss_mb(bot.pid)
             finally:
                 bot.stop()
+            # 3. the IRC core alone, for comparison
+            started = time.perf_counter()
+            core = ServerProcess([sys.executable, "-c", CORE_ONLY, server.endpoint],
+                                 work / "core.log", cwd=ROOT)
+            try:
+                client.expect_raw(rb"^:core!\S+ JOIN :?#bench", timeout=30)
+                core_startup = time.perf_counter() - started
+                round_trips(client, "#bench", "core", args.warmup, "c")
+                core_rss = rss_mb(core.pid)
+            finally:
+                core.stop()
             client.close()
         finally:
             server.stop()
@@ -118,6 +154,8 @@ def main() -> None:
     print(f"mup first reply after joining: {first * 1000:.2f} ms")
     print(f"mup start-up (process start -> JOIN seen): {startup * 1000:.0f} ms")
     print(f"mup RSS after the run: {rss:.1f} MiB")
+    print(f"IRC core alone: start-up {core_startup * 1000:.0f} ms, RSS {core_rss:.1f} MiB "
+          f"(Python + Twisted's reactor, which loads OpenSSL/cryptography, is most of both)")
     print("targets: p50 < 0.5 ms, RSS < 40 MB, start-up < 1 s "
           "(Limnoria here: 0.91 ms p50, 29.5 MB, 0.14 s)")
 
