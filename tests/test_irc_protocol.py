@@ -625,3 +625,20 @@ def test_unusable_endpoint_is_a_config_error(endpoint: str) -> None:
     config = parse_config({"irc": {"endpoint": endpoint}}, path="mup.toml")
     with pytest.raises(ConfigError, match=r"^mup.toml: \[irc\] endpoint: cannot use"):
         IRCService(config, Commands(), Clock())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=4), st.booleans())
+def test_delivered_text_never_breaks_the_line_structure(texts: list[str], notice: bool) -> None:
+    bot = Bot(line_rate=0)
+    bot.register()
+    bot.service.deliver("#ops", texts, notice=notice)
+    data = bot.transport.value()
+    assert data.endswith(b"\r\n")
+    lines = data[:-2].split(b"\r\n")
+    assert lines[-1].startswith(b"PING ")
+    command = b"NOTICE #ops :" if notice else b"PRIVMSG #ops :"
+    for line in lines[:-1]:
+        assert line.startswith(command)
+        assert not any(c in line for c in b"\r\n\0")
+        assert len(f":{HOSTMASK} ".encode()) + len(line) + 2 <= 512
