@@ -723,6 +723,68 @@ def test_close_fails_what_was_not_written(tmp_path: Path) -> None:
     assert open_journal(tmp_path, clock).pending() == []
 
 
+CHILD = """
+import sys
+from twisted.internet import defer, task
+from mup.journal import Journal
+
+async def main(reactor, path, run):
+    journal = Journal.open(path, reactor, segment_bytes=8192)
+    print("open", journal.recovery.torn_bytes, flush=True)
+    counter = iter(range(10**9))
+
+    async def appender():
+        while True:
+            key = f"{run}:{next(counter)}"
+            entry = await journal.append(key, {"text": "x" * 100})
+            print("acked", key, flush=True)
+            if entry.seq % 2:
+                print("marking", key, flush=True)
+                await journal.mark_done(entry.seq)
+                print("done", key, flush=True)
+
+    await defer.gatherResults([defer.ensureDeferred(appender()) for _ in range(16)])
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1], sys.argv[2])))
+"""
+
+
+def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """A real process on the real reactor and writer thread, killed -9 mid-stream, three times."""
+    import subprocess
+    import sys
+
+    acked: set[str] = set()
+    marking: set[str] = set()
+    done: set[str] = set()
+    for run in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(run)],
+                                 stdout=subprocess.PIPE, text=True,
+                                 cwd=Path(__file__).parent.parent)
+        assert child.stdout is not None
+        seen = 0
+        for line in child.stdout:  # blocks on the child's output, no sleeping
+            word, _, key = line.strip().partition(" ")
+            if word == "acked":
+                acked.add(key)
+                seen += 1
+            elif word == "marking":
+                marking.add(key)
+            elif word == "done":
+                done.add(key)
+            if seen >= 300 + 97 * run:
+                break
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        j = open_journal(tmp_path, Clock())
+        pending = {e.key for e in j.pending()}
+        assert len(pending) == len(j.pending())
+        assert acked - marking <= pending  # every acknowledged message not marked is there
+        assert not pending & done       # nothing confirmed done comes back
+        j.close()
+
+
 # -- the property -----------------------------------------------------------------------------
 
 KEYS = [f"kannel:{i}" for i in range(12)]
