@@ -111,6 +111,8 @@ class Delivery(Service):
         """Seqs queued or in flight, plus the most recently done ones (``_done_order``), so
         an entry handed over twice (``accept`` and a ``wake`` rescan) is shown once."""
         self._done_order: deque[int] = deque()
+        self._floor = 0
+        """Seqs up to this were queued at start-up (without going through ``_known``)."""
         self._hinted: dict[tuple[str, str], float] = {}
         self._waits: set[Deferred[Any]] = set()
         self._rescan: Any = None
@@ -121,8 +123,18 @@ class Delivery(Service):
     def startService(self) -> None:
         super().startService()
         pending = self.journal.pending()
-        for entry in pending:
-            self._enqueue(entry)
+        queues, ready = self._queues, self._ready
+        for entry in pending:   # _enqueue, inlined: start-up with a large backlog counts
+            record = entry.record
+            lane = ("report" if record.get("kind") == "report"
+                    else "sms:" + str(record.get("from", "")))
+            queue = queues.get(lane)
+            if queue is None:
+                queue = queues[lane] = deque()
+                ready.append(lane)
+            queue.append(entry)
+        # Everything up to here is queued: later hand-overs of these seqs are ignored.
+        self._floor = max((e.seq for e in pending), default=self._floor)
         if pending:
             log.info("delivery: {n} inbound messages waiting from before", n=len(pending))
         self._pump()
@@ -154,7 +166,7 @@ class Delivery(Service):
         return sum(len(q) for q in self._queues.values())
 
     def _enqueue(self, entry: Any) -> None:
-        if entry.seq in self._known:
+        if entry.seq <= self._floor or entry.seq in self._known:
             return
         self._known.add(entry.seq)
         record = entry.record if isinstance(entry.record, dict) else {}
