@@ -206,16 +206,50 @@ class FileSystem:
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    def lock(self, path: str) -> int:
-        """Open and lock ``path`` for this process (a POSIX lock, so another process opening
-        the journal fails while this one can still reopen it, as the crash tests do)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+
+
+# Journals this process has open, by directory: the lock file's fd and how many hold it.  The
+# lock (flock) keeps other processes out and, unlike a POSIX lock, survives twistd's fork into
+# the background; this process may reopen a journal it has open (the crash tests do).
+_LOCKS: dict[str, list[int]] = {}
+
+
+def _lock(directory: str) -> str:
+    """Lock ``directory`` for this process; raises JournalError if another process has it."""
+    real = os.path.realpath(directory)
+    held = _LOCKS.get(real)
+    if held is not None:
+        held[1] += 1
+        return real
+    path = os.path.join(real, _LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
             raise
-        return fd
+        try:
+            with open(path) as f:
+                holder = f.read().strip() or "?"
+        except OSError:
+            holder = "?"
+        raise JournalError(f"journal {directory} is in use by another process "
+                           f"(pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[real] = [fd, 1]
+    return real
+
+
+def _unlock(real: str) -> None:
+    held = _LOCKS.get(real)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _LOCKS[real]
+        os.close(held[0])
 
 
 # -- in-memory state --------------------------------------------------------------------------
@@ -275,7 +309,7 @@ class Journal:
         self._current: _Segment | None = None
         self._fd: int | None = None
         self._keys_fd: int | None = None
-        self._lock_fd: int | None = None
+        self._locked: str | None = None
         self._keys_size = HEADER_SIZE
         self._keys_entries = 0
         self._next_seq = 1
@@ -343,21 +377,7 @@ class Journal:
     def _recover(self) -> None:
         fs = self._fs
         os.makedirs(self.directory, exist_ok=True)
-        lock_path = self._path(_LOCK_FILE)
-        try:
-            self._lock_fd = fs.lock(lock_path)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            try:
-                with open(lock_path) as f:
-                    holder = f.read().strip() or "?"
-            except OSError:
-                holder = "?"
-            raise JournalError(f"journal {self.directory} is in use by another process "
-                               f"(pid {holder})") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self._locked = _lock(self.directory)
         rec = self.recovery
         changed_dir = False
         tmp = self._path(_KEYS_FILE + ".tmp")
@@ -706,13 +726,16 @@ class Journal:
         self._close_fds()
 
     def _close_fds(self) -> None:
-        for fd in (self._fd, self._keys_fd, self._lock_fd):
+        for fd in (self._fd, self._keys_fd):
             if fd is not None:
                 try:
                     self._fs.close(fd)
                 except OSError:
                     pass
-        self._fd = self._keys_fd = self._lock_fd = None
+        self._fd = self._keys_fd = None
+        if self._locked is not None:
+            _unlock(self._locked)
+            self._locked = None
 
     # -- group commit -------------------------------------------------------------------------
 

@@ -87,11 +87,6 @@ class CrashFS(FileSystem):
         self.synced[path] = os.fstat(fd).st_size
         return fd
 
-    def lock(self, path: str) -> int:
-        fd = super().lock(path)
-        self.paths[fd] = path
-        return fd
-
     def close(self, fd: int) -> None:
         self.paths.pop(fd, None)
         super().close(fd)
