@@ -889,10 +889,7 @@ class Journal:
             self._dirty = not out.clean
             if rotate is not None:
                 self._back_off()
-            if self._dirty and not self._closed and (
-                    self._repair_call is None or not self._repair_call.active()):
-                # The webhook stops appending while unwritable: cut the bad tail on our own.
-                self._repair_call = self._reactor.callLater(_REPAIR_DELAY, self._repair)
+            self._schedule_repair()
             log.error("journal {dir}: write failed ({error}); {n} records refused{extra}",
                       dir=self.directory, error=out.error, n=len(items),
                       extra="" if out.clean else ", and the tail could not be cut")
@@ -932,6 +929,7 @@ class Journal:
     def _write_crashed(self, failure: Failure, items: list[_Item]) -> None:
         """The writer raised something unexpected: refuse the batch, and cut the tail next time."""
         self._dirty = True
+        self._schedule_repair()
         log.failure("journal {dir}: unexpected write error", failure, dir=self.directory)
         self._fail_items(items, Failure(JournalError(f"journal write failed: {failure.value}")))
 
@@ -1079,6 +1077,12 @@ class Journal:
         self._keys_fd = result
         self._keys_size = os.fstat(result).st_size
         self._keys_entries = entries
+
+    def _schedule_repair(self) -> None:
+        """The webhook stops appending while unwritable: cut the bad tail on our own, soon."""
+        if self._dirty and not self._closed and (
+                self._repair_call is None or not self._repair_call.active()):
+            self._repair_call = self._reactor.callLater(_REPAIR_DELAY, self._repair)
 
     def _repair(self) -> None:
         """Retry cutting the tail a failed write left, so ``writable()`` can come back."""
