@@ -376,7 +376,7 @@ class Journal:
 
     def _recover(self) -> None:
         fs = self._fs
-        os.makedirs(self.directory, exist_ok=True)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # SMS are private
         self._locked = _lock(self.directory)
         rec = self.recovery
         changed_dir = False
