@@ -152,3 +152,48 @@ def test_post_url_puts_the_text_in_the_body(ngircd_fast, irc_client, run_bot,
         jose.expect(r"PRIVMSG #ops :\[SMS\] <niemeyer> ünïcödé ✓$")
     finally:
         server.stop()
+
+
+def test_twilio_signed_post_reaches_irc(ngircd_fast, irc_client, run_bot, tmp_path):
+    """Twilio's webhook against the real server: the signature is checked over public_url plus
+    the path and query exactly as received; the answer is empty TwiML."""
+    from mup.gateways.inbound import twilio_signature
+
+    port = free_port()
+    public = "https://mup.example.com"
+    run_bot({
+        "irc": {"endpoint": ngircd_fast.endpoint, "nick": "mup", "channels": ["#ops"],
+                "line_rate": 0.0},
+        "sms.twilio": {"auth_token": "twilio-secret"},
+        "webhook": {"endpoint": f"tcp:port={port}:interface=127.0.0.1",
+                    "journal": str(tmp_path / "journal"), "public_url": public},
+        "inbound": {"default_channel": "#ops"},
+        "state": {"directory": str(tmp_path / "state")},
+    })
+    jose = irc_client(ngircd_fast.port, "jose")
+    jose.join("#ops")
+    params = {"MessageSid": "SM" + "0" * 31 + "1", "AccountSid": "AC1", "From": "+14155550100",
+              "To": "+14155550199", "Body": "#ops from Twilio, café", "NumMedia": "0"}
+    path = "/twilio/sms?src=e2e"
+
+    def post(signature: str) -> tuple[int, bytes, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", data=urllib.parse.urlencode(params).encode(),
+            headers={"X-Twilio-Signature": signature,
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read(), response.headers["Content-Type"]
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers["Content-Type"]
+
+    good = twilio_signature("twilio-secret", public + path, sorted(params.items()))
+    assert post(good[::-1])[0] == 403
+    status, body, content_type = post(good)
+    assert (status, body) == (200, b'<?xml version="1.0" encoding="UTF-8"?><Response/>')
+    assert content_type.startswith("text/xml")
+    assert post(good)[:2] == (200, body)      # Twilio retries: answered, shown once
+    jose.expect(r"PRIVMSG #ops :\[SMS\] <\+1 41[-*]+100> from Twilio, café$")
+    jose.privmsg("#ops", "@echo marker")
+    jose.expect(r"PRIVMSG #ops :.*marker$")
+    assert sum("from Twilio" in line.decode() for line in jose.lines) == 1
