@@ -376,7 +376,10 @@ class Journal:
 
     def _recover(self) -> None:
         fs = self._fs
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # SMS are private
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)  # SMS are private
+            # The new directory's own entry must be durable too, or so might not be its files.
+            fs.fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
         self._locked = _lock(self.directory)
         rec = self.recovery
         changed_dir = False
