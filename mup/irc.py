@@ -39,6 +39,9 @@ WANTED_CAPS = ("account-tag", "account-notify", "extended-join", "message-tags",
 """Capabilities requested when the server offers them (``sasl`` too, when configured)."""
 
 MAX_LINE = 512
+
+_Waiter = tuple[Deferred, str, list[str]]
+"""A delivery waiting for its PONG: (Deferred, folded target, refusals seen for the target)."""
 """Bytes in an IRC line, CR LF included, not counting tags."""
 MAX_BUFFER = 64 * 1024
 """Bytes of incoming data without a line break before the partial line is thrown away."""
@@ -90,8 +93,10 @@ class IRCProtocol(Protocol):
         self._user_buckets: dict[str, TokenBucket] = {}
         self._warned: set[str] = set()
         self._pump_call: IDelayedCall | None = None
-        self._pings: dict[str, tuple[Deferred[None], str, list[str]]] = {}
-        """PING token -> (Deferred, folded target, the refusals seen for the target)."""
+        self._pings: dict[str, list[_Waiter]] = {}
+        """PING token -> the deliveries it confirms: (Deferred, folded target, refusals seen)."""
+        self._tail_ping: tuple[str, bytes] | None = None
+        """The last confirming PING queued, while it is still unsent at the queue's tail."""
         self._tokens = itertools.count(1)
         self._whois: dict[str, tuple[list[Deferred[str | None]], list[str | None],
                                      IDelayedCall]] = {}
@@ -136,8 +141,10 @@ class IRCProtocol(Protocol):
             self._pump_call.cancel()
         self._queue.clear()
         pings, self._pings = self._pings, {}
-        for d, _target, _refusals in pings.values():
-            d.errback(NotDelivered(f"connection lost: {reason.getErrorMessage()}"))
+        self._tail_ping = None
+        for waiters in pings.values():
+            for d, _target, _refusals in waiters:
+                d.errback(NotDelivered(f"connection lost: {reason.getErrorMessage()}"))
         whois, self._whois = self._whois, {}
         for waiters, _found, timer in whois.values():
             if timer.active():
@@ -258,7 +265,10 @@ class IRCProtocol(Protocol):
         if self._lost:
             return
         trailing = command in ("PRIVMSG", "NOTICE")
-        self._queue.append(_encode(format_line(command, *params, trailing=trailing)))
+        self._queue_line(_encode(format_line(command, *params, trailing=trailing)))
+
+    def _queue_line(self, line: bytes) -> None:
+        self._queue.append(line)
         if self._pump_call is None:  # else the scheduled pump sends it in turn
             self._pump()
 
@@ -299,21 +309,48 @@ class IRCProtocol(Protocol):
                 count += 1
         return count
 
-    def confirm(self, target: str = "") -> Deferred[None]:
+    def deliver(self, target: str, text: str | list[str], notice: bool = False
+                ) -> Deferred[None]:
+        """Queue text to ``target`` and a confirming PING; see :meth:`IRCService.deliver`.
+
+        While lines wait behind the flood control, deliveries share one PING: a confirming PING
+        still unsent at the tail of the queue is taken out, and its waiters move to the PING
+        after the new lines (the server processes lines in order, so one PONG confirms all)."""
+        carried: list[_Waiter] = []
+        tail = self._tail_ping
+        if tail is not None and self._queue and self._queue[-1] is tail[1]:
+            self._queue.pop()
+            carried = self._pings.pop(tail[0], [])
+        self._tail_ping = None
+        self.say(target, text, notice=notice)
+        return self.confirm(target, carried)
+
+    def confirm(self, target: str = "", carried: list[_Waiter] | None = None
+                ) -> Deferred[None]:
         """Queue a PING and fire when its PONG comes back: the server processed what came
         before it.  Errbacks with :class:`Refused` if the server refused ``target`` meanwhile."""
         token = f"mup-{next(self._tokens)}"
-        d: Deferred[None] = Deferred(lambda _: self._pings.pop(token, None))
-        self._pings[token] = (d, irc_lower(target), [])
-        self.send("PING", token)
+        waiters = carried or []
+        d: Deferred[None] = Deferred(lambda d: self._forget_delivery(d))
+        waiters.append((d, irc_lower(target), []))
+        self._pings[token] = waiters
+        line = _encode(format_line("PING", token))
+        self._tail_ping = (token, line)
+        self._queue_line(line)
         return d
+
+    def _forget_delivery(self, d: Deferred[None]) -> None:
+        """A cancelled delivery: stop waiting for its PONG."""
+        for waiters in self._pings.values():
+            waiters[:] = [w for w in waiters if w[0] is not d]
 
     def _refused(self, msg: Message) -> None:
         """ERR_NOSUCHNICK and friends: remember them for deliveries to that target."""
         target = irc_lower(msg.param(1))
-        for _d, pending, refusals in self._pings.values():
-            if pending == target:
-                refusals.append(f"{msg.param(1)}: {msg.params[-1]} ({msg.command})")
+        for waiters in self._pings.values():
+            for _d, pending, refusals in waiters:
+                if pending == target:
+                    refusals.append(f"{msg.param(1)}: {msg.params[-1]} ({msg.command})")
 
     # -- registration and capabilities -----------------------------------------------------
 
@@ -647,14 +684,12 @@ class IRCProtocol(Protocol):
         self.send_now("PONG", msg.params[-1] if msg.params else "")
 
     def irc_PONG(self, msg: Message) -> None:
-        entry = self._pings.pop(msg.params[-1] if msg.params else "", None)
-        if entry is None:
-            return
-        d, _target, refusals = entry
-        if refusals:
-            d.errback(Refused(refusals[0]))
-        else:
-            d.callback(None)
+        waiters = self._pings.pop(msg.params[-1] if msg.params else "", None)
+        for d, _target, refusals in waiters or []:
+            if refusals:
+                d.errback(Refused(refusals[0]))
+            else:
+                d.callback(None)
 
     irc_404 = irc_406 = _refused
 
@@ -810,8 +845,7 @@ class IRCService(MultiService):
         target = sanitize(target).strip()
         if not target or " " in target:
             return fail(ValueError(f"not an IRC target: {target!r}"))
-        protocol.say(target, text, notice=notice)
-        return protocol.confirm(target)
+        return protocol.deliver(target, text, notice=notice)
 
     def is_present(self, nick: str) -> bool:
         """``nick`` is in one of the bot's channels now."""

@@ -642,3 +642,59 @@ def test_delivered_text_never_breaks_the_line_structure(texts: list[str], notice
         assert line.startswith(command)
         assert not any(c in line for c in b"\r\n\0")
         assert len(f":{HOSTMASK} ".encode()) + len(line) + 2 <= 512
+
+
+def test_queued_deliveries_share_one_confirming_ping() -> None:
+    """Behind flood control, a PING still waiting at the queue's tail is folded into the next
+    delivery's: one PONG confirms both, and the PING costs one line instead of two."""
+    bot = Bot(line_burst=1, line_rate=1.0)
+    bot.register()
+    bot.clock.advance(10)
+    first = bot.service.deliver("#ops", "one")
+    second = bot.service.deliver("alice", "two")
+    bot.clock.pump([1.0] * 5)
+    lines = bot.sent()
+    assert [line.split()[0] for line in lines] == ["PRIVMSG", "PRIVMSG", "PING"]
+    assert not first.called and not second.called
+    bot.feed(f":irc.test PONG irc.test :{lines[-1].split()[1]}")
+    assert first.called and second.called
+
+
+def test_shared_ping_keeps_refusals_per_target() -> None:
+    bot = Bot(line_burst=1, line_rate=1.0)
+    bot.register()
+    bot.clock.advance(10)
+    first = bot.service.deliver("#ops", "one")
+    second = bot.service.deliver("ghost", "two")
+    bot.clock.pump([1.0] * 5)
+    token = bot.sent()[-1].split()[1]
+    bot.feed(":irc.test 401 mup ghost :No such nick/channel",
+             f":irc.test PONG irc.test :{token}")
+    failures: list = []
+    second.addErrback(failures.append)
+    assert first.called and first.result is None
+    assert failures and "ghost" in str(failures[0].value)
+
+
+def test_a_sent_ping_is_not_shared() -> None:
+    bot = Bot(line_rate=0)
+    bot.register()
+    first = bot.service.deliver("#ops", "one")
+    second = bot.service.deliver("#ops", "two")
+    pings = [line.split()[1] for line in bot.sent() if line.startswith("PING")]
+    assert len(pings) == 2
+    bot.feed(f":irc.test PONG irc.test :{pings[0]}")
+    assert first.called and not second.called
+
+
+def test_cancelled_delivery_stops_waiting() -> None:
+    bot = Bot(line_burst=1, line_rate=1.0)
+    bot.register()
+    bot.clock.advance(10)
+    first = bot.service.deliver("#ops", "one")
+    second = bot.service.deliver("#ops", "two")
+    first.addErrback(lambda f: None)
+    first.cancel()
+    bot.clock.pump([1.0] * 5)
+    bot.feed(f":irc.test PONG irc.test :{bot.sent()[-1].split()[1]}")
+    assert second.called and second.result is None
