@@ -327,6 +327,10 @@ class Journal:
         self._busy = False
         self._call: Any = None
         self._dirty = False
+        """The last write failed and its tail could not be cut yet."""
+        self._failing = False
+        """The last write of records failed (full disk, I/O error): not writable until one
+        succeeds (a probe record on a timer, since the webhook stops appending meanwhile)."""
         self._closed = False
         self._pool: ThreadPool | None = None
         self._trigger: Any = None
@@ -701,8 +705,9 @@ class Journal:
         return d
 
     def writable(self) -> bool:
-        """False when closed or when the last write failed and could not be undone."""
-        return not self._closed and not self._dirty
+        """False when closed, or since a write failed until one succeeds (retried every
+        second on its own, so this comes back once the disk has room again)."""
+        return not self._closed and not self._dirty and not self._failing
 
     def close(self) -> None:
         """Stop: appends not yet written fail with JournalClosed; a write in progress finishes."""
@@ -803,7 +808,8 @@ class Journal:
                 and all(r not in self._segments for r in seg.refs)
                 and self._reactor.seconds() >= self._delete_after)
 
-    def _start_batch(self, items: list[_Item], rotate: bool = False) -> None:
+    def _start_batch(self, items: list[_Item], rotate: bool = False,
+                     probe: bool = False) -> None:
         seg = self._current
         assert seg is not None
         if (seg.size >= self._segment_bytes or rotate) and seg.size > HEADER_SIZE:
@@ -820,13 +826,14 @@ class Journal:
                 frames.append(item.frame)
             else:
                 dones.append(item.seq)
-        if dones:
-            frames.append(_frame(_encode(b"d", dones)))
+        if dones or probe:
+            frames.append(_frame(_encode(b"d", dones)))  # a probe is an empty done-record
         data = b"".join(frames)
         self._busy = True
         job = (self._fd, seg.size, self._dirty, rotation, data)
         d = self._run(lambda: self._write_job(*job))
-        d.addCallbacks(self._written, self._write_crashed, callbackArgs=(items, target, rotation),
+        d.addCallbacks(self._written, self._write_crashed,
+                       callbackArgs=(items, target, rotation, bool(items) or probe),
                        errbackArgs=(items,))
         d.addErrback(self._internal_error)
         d.addBoth(self._idle)
@@ -876,7 +883,7 @@ class Journal:
         return out
 
     def _written(self, out: _Outcome, items: list[_Item], target: int,
-                 rotate: tuple[int, str, bytes] | None) -> None:
+                 rotate: tuple[int, str, bytes] | None, records: bool = True) -> None:
         if out.new_fd is not None:
             if self._closed:
                 self._fs.close(out.new_fd)
@@ -890,6 +897,7 @@ class Journal:
             self._current = seg
         if out.error is not None:
             self._dirty = not out.clean
+            self._failing = self._failing or records
             if rotate is not None:
                 self._back_off()
             self._schedule_repair()
@@ -899,6 +907,8 @@ class Journal:
             self._fail_items(items, Failure(JournalError(f"journal write failed: {out.error}")))
             return
         self._dirty = False
+        if records:
+            self._failing = False
         seg = self._segments[target]
         seg.size = out.size
         fired: list[tuple[defer.Deferred, Any]] = []
@@ -931,7 +941,7 @@ class Journal:
 
     def _write_crashed(self, failure: Failure, items: list[_Item]) -> None:
         """The writer raised something unexpected: refuse the batch, and cut the tail next time."""
-        self._dirty = True
+        self._dirty = self._failing = True
         self._schedule_repair()
         log.failure("journal {dir}: unexpected write error", failure, dir=self.directory)
         self._fail_items(items, Failure(JournalError(f"journal write failed: {failure.value}")))
@@ -1083,17 +1093,18 @@ class Journal:
 
     def _schedule_repair(self) -> None:
         """The webhook stops appending while unwritable: cut the bad tail on our own, soon."""
-        if self._dirty and not self._closed and (
+        if (self._dirty or self._failing) and not self._closed and (
                 self._repair_call is None or not self._repair_call.active()):
             self._repair_call = self._reactor.callLater(_REPAIR_DELAY, self._repair)
 
     def _repair(self) -> None:
-        """Retry cutting the tail a failed write left, so ``writable()`` can come back."""
+        """Cut the tail a failed write left and write a probe record, so ``writable()`` can
+        come back."""
         self._repair_call = None
-        if self._dirty and not self._closed:
+        if (self._dirty or self._failing) and not self._closed:
             if self._busy or self._queue:
-                return  # the next batch cuts it first; it reschedules if it fails
-            self._start_batch([], rotate=False)
+                return  # the next batch does it; it reschedules if it fails
+            self._start_batch([], probe=True)
 
     def _back_off(self) -> None:
         """Housekeeping (deletion, idle rotation) failed: try again later, not every turn."""
