@@ -495,22 +495,29 @@ class Journal:
         Appends, the bulk of a backlog, take an inlined fast path."""
         pending, pending_keys, seg_of, keys = (self._pending, self._pending_keys, self._seg_of,
                                                self._keys)
-        seg_keys, seg_id = seg.keys, seg.id
+        add_key, seg_id, get_time = seg.keys.append, seg.id, keys.get
         top = bad = count = 0
-        for n, payload in enumerate(payloads):
+        if bodies is None or len(bodies) != len(payloads):
+            bodies = []
+            for payload in payloads:
+                try:
+                    bodies.append(json.loads(payload[1:]))
+                except ValueError:
+                    bodies.append(None)
+        for payload, body in zip(payloads, bodies, strict=True):
             try:
-                body = bodies[n] if bodies is not None else json.loads(payload[1:])
                 if payload[0] == 0x61:
                     seq, key, appended, record = body
-                    if type(seq) is not int or type(key) is not str or type(record) is not dict:
+                    if (type(seq) is not int or type(key) is not str or type(record) is not dict
+                            or type(appended) is not float):
                         raise ValueError("bad append record")
-                    if keys.get(key, -1e300) < appended:
+                    if get_time(key, -1e300) < appended:
                         keys[key] = appended
-                    seg_keys.append(key)
+                    add_key(key)
                     if seq > top:
                         top = seq
                     if key not in pending_keys and seq not in pending:
-                        pending[seq] = Entry(seq, key, record, float(appended))
+                        pending[seq] = Entry(seq, key, record, appended)
                         pending_keys[key] = seq
                         seg_of[seq] = seg_id
                         count += 1
