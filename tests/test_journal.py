@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -565,6 +566,30 @@ def test_garbage_and_damaged_headers_never_stop_start_up(tmp_path: Path) -> None
     j = open_journal(tmp_path, clock)
     assert [e.key for e in j.pending()] == ["a", "b", "c"]
     assert j.pending()[2].seq > 2
+    j.close()
+
+
+def frame(payload: bytes) -> bytes:
+    """A record framed as the journal frames it: 0xA5, crc32(length + payload), length."""
+    body = len(payload).to_bytes(4, "big") + payload
+    return b"\xa5" + zlib.crc32(body).to_bytes(4, "big") + body
+
+
+def test_well_framed_nonsense_is_skipped_and_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    append_all(j, clock, ["a"])
+    j.close()
+    [seg] = segments(tmp_path)
+    nonsense = [b'a{"x":1}', b"a[1,2]", b'a["1","k",0.0,{}]', b"z[]", b"d[\"x\"]", b"a[2,"]
+    with seg.open("ab") as f:
+        f.write(b"".join(frame(p) for p in nonsense))
+        f.write(frame(b'a[7,"b",1.5,{"t":"ok"}]'))
+    j = open_journal(tmp_path, clock)
+    assert [(e.seq, e.key, e.record) for e in j.pending()] == [(1, "a", {"text": "message a"}),
+                                                                (7, "b", {"t": "ok"})]
+    assert j.recovery.corrupt_records == len(nonsense) and j.recovery.torn_bytes == 0
+    assert append_all(j, clock, ["c"])[0].seq == 8
     j.close()
 
 
