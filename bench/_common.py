@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mup.config import dumps as toml_text  # noqa: E402
 from mup.testing.ircclient import LineClient  # noqa: E402
 from mup.testing.ngircd import Ngircd  # noqa: E402
 from mup.testing.process import ServerProcess  # noqa: E402
@@ -51,24 +52,6 @@ def start_ngircd(directory: Path, fast: bool = True) -> Ngircd:
     """A running ngircd; ``fast`` sets MaxPenaltyTime = 0 so ngircd's own 1 s flood penalty
     does not dominate the figures (../shared/notes/irc-servers.md)."""
     return Ngircd(directory, max_penalty_time=0 if fast else None).start()
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def toml_text(config: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n"
-                                                for k, v in values.items())
-                     for section, values in config.items())
 
 
 def start_bot(directory: Path, config: dict[str, dict[str, Any]]) -> ServerProcess:

@@ -23,7 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["Config", "ConfigError", "Key", "SCHEMA", "load", "parse", "parse_duration"]
+__all__ = ["Config", "ConfigError", "Key", "SCHEMA", "dumps", "load", "parse", "parse_duration",
+           "toml_value"]
 
 
 class ConfigError(Exception):
@@ -480,23 +481,37 @@ def markdown() -> str:
         out += [f"## [{section}]", "", doc, "", "| key | type | default | what it does |",
                 "| --- | --- | --- | --- |"]
         for key in keys:
-            default = _toml_value(key.default)
+            default = toml_value(key.default)
             doc_text = key.doc + (" *secret*" if key.secret else "")
             if key.choices:
-                doc_text += " One of " + ", ".join(f"`{_toml_value(c)}`" for c in key.choices) + "."
+                doc_text += " One of " + ", ".join(f"`{toml_value(c)}`" for c in key.choices) + "."
             out.append(f"| `{key.name}` | {key.type_name()} | `{default}` | {doc_text} |")
         out.append("")
     return "\n".join(out)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML (strings, numbers, booleans and lists of them)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps(config: Mapping[str, Mapping[str, Any]]) -> str:
+    """A TOML document from ``{"section": {"key": value}}`` (dotted sections allowed): how
+    tests, benchmarks and the demo write real config files."""
+    out = []
+    for section, values in config.items():
+        out.append(f"[{section}]")
+        out += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised by tests through markdown()

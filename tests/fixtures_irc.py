@@ -28,6 +28,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread
 
+from mup.config import dumps as toml_text
 from mup.testing.certs import make_certificates
 from mup.testing.inspircd import ACCOUNTS, InspircdAtheme, make_seed
 from mup.testing.ircclient import LineClient
@@ -103,28 +104,6 @@ def inspircd_atheme(tmp_path_factory: pytest.TempPathFactory,
 
 
 # -- the bot as a subprocess --------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def toml_text(config: dict[str, dict[str, Any]]) -> str:
-    """A TOML document from ``{"section": {"key": value}}`` (dotted sections allowed)."""
-    out = []
-    for section, values in config.items():
-        out.append(f"[{section}]")
-        out += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        out.append("")
-    return "\n".join(out)
 
 
 class BotProcess(ServerProcess):
