@@ -46,3 +46,19 @@ def test_config_error_found_while_building_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.startswith(f"mup: {path}: [ldap] ldif"), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_journal_in_use_is_one_clear_line(tmp_path):
+    from mup.journal import Journal
+
+    journal = Journal.open(str(tmp_path / "inbound"), threaded=False)
+    path = tmp_path / "mup.toml"
+    path.write_text(f'[webhook]\nendpoint = "tcp:port=0:interface=127.0.0.1"\n'
+                    f'journal = "{tmp_path / "inbound"}"\n[state]\ndirectory = "{tmp_path}"\n')
+    try:
+        result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
+    finally:
+        journal.close()
+    assert result.returncode != 0
+    assert result.stderr.startswith("mup: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

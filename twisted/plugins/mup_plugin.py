@@ -23,6 +23,7 @@ def _make(name: str, path: str, make):
     """Load the config and build the service; a config problem, found while loading or while
     building (a bad LDIF, say), is one line on stderr and exit status 1, never a traceback."""
     from mup.config import ConfigError, load
+    from mup.journal import JournalError
     from mup.logfilter import LevelFilterService
 
     try:
@@ -30,7 +31,7 @@ def _make(name: str, path: str, make):
         service = make(config)
         LevelFilterService(config.log.level).setServiceParent(service)
         return service
-    except ConfigError as e:
+    except (ConfigError, JournalError) as e:  # JournalError: locked by another process
         sys.stderr.write(f"{name}: {e}\n")
         raise SystemExit(1) from None
 
