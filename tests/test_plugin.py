@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from mup.testing.process import twistd_argv
@@ -53,7 +54,8 @@ def test_a_journal_in_use_is_one_clear_line(tmp_path):
 
     journal = Journal.open(str(tmp_path / "inbound"), threaded=False)
     path = tmp_path / "mup.toml"
-    path.write_text(f'[webhook]\nendpoint = "tcp:port=0:interface=127.0.0.1"\n'
+    path.write_text(f'[irc]\nchannels = ["#ops"]\n'
+                    f'[webhook]\nendpoint = "tcp:port=0:interface=127.0.0.1"\n'
                     f'journal = "{tmp_path / "inbound"}"\n[state]\ndirectory = "{tmp_path}"\n')
     try:
         result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
@@ -61,4 +63,5 @@ def test_a_journal_in_use_is_one_clear_line(tmp_path):
         journal.close()
     assert result.returncode != 0
     assert result.stderr.startswith("mup: "), result.stderr
+    assert f"pid {os.getpid()}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
