@@ -8,7 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TestCertificates", "make_certificates"]
+__all__ = ["TestCertificates", "make_certificates", "self_signed"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,33 @@ def make_certificates(directory: Path) -> TestCertificates:
     fingerprint = client.fingerprint(hashes.SHA256()).hex()
     return TestCertificates(directory / "ca", ca_cert, server_cert, server_key, client_cert,
                             client_key_path, fingerprint)
+
+
+def self_signed(cert_path: Path, key_path: Path) -> None:
+    """A one-day self-signed certificate for 127.0.0.1 and localhost, and its key (PEM); the
+    certificate is its own CA, for a client to trust."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"),
+                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
+from mup.testing.certs import self_signed
 from mup.testing.process import ServerProcess, free_port, twistd_argv
 
 __all__ = ["KannelPoster", "RelayProcess"]
@@ -33,7 +34,9 @@ class RelayProcess:
         endpoint = f"tcp:port={self.port}:interface=127.0.0.1"
         self.certificate: Path | None = None
         if tls:
-            key, self.certificate = self_signed(self.directory)
+            key = self.directory / "relay-key.pem"
+            self.certificate = self.directory / "relay-cert.pem"
+            self_signed(self.certificate, key)
             endpoint = (f"ssl:port={self.port}:interface=127.0.0.1:privateKey={key}"
                         f":certKey={self.certificate}")
             self.url = f"https://127.0.0.1:{self.port}"
@@ -101,36 +104,6 @@ class RelayProcess:
     def poster(self) -> KannelPoster:
         return KannelPoster("127.0.0.1", self.port, self.kannel_token,
                             context=self.ssl_context())
-
-
-def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A key and a self-signed certificate for ``host`` (an IP SAN), as PEM files; trust it
-    with ``SSL_CERT_FILE=<cert>`` in a client's environment."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_path, cert_path = directory / "relay-key.pem", directory / "relay-cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 class AckGate:

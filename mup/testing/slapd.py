@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from mup.testing.certs import self_signed
 from mup.testing.process import ServerProcess, free_port
 
 __all__ = ["SCHEMA", "Slapd"]
@@ -94,7 +95,7 @@ class Slapd:
             suffix=self.suffix, root_dn=self.root_dn, root_password=self.root_password)
         if self.tls:
             key = self.dir / "key.pem"
-            _self_signed(self.ca_certificate, key)
+            self_signed(self.ca_certificate, key)
             conf = _TLS_CONF.format(cert=self.ca_certificate, key=key) + conf
         self.conf.write_text(conf)
         result = subprocess.run([SLAPADD, "-q", "-f", str(self.conf), "-l", str(self.ldif)],
@@ -145,32 +146,3 @@ class Slapd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _self_signed(cert_path: Path, key_path: Path) -> None:
-    """A one-day self-signed certificate for 127.0.0.1 and localhost."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"),
-                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
