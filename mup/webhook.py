@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -62,6 +62,9 @@ class Receiver:
         self.on_accepted = on_accepted
         self.health = health or dict
         self.clock = clock
+        # Label lookups once, not per request.
+        self._accepted = {g: metrics.accepted.labels(g) for g in ("kannel", "twilio")}
+        self._duplicates = {g: metrics.duplicates.labels(g) for g in ("kannel", "twilio")}
         self.max_body: int = config.webhook.max_body
         self.public_url: str = config.webhook.public_url
         self.kannel_token: str = config.section("sms.kannel").inbound_token
@@ -87,19 +90,19 @@ class Receiver:
 
     # Gateways
 
-    def kannel_mo(self, request: Request) -> Deferred[bytes]:
+    def kannel_mo(self, request: Request) -> Deferred[bytes] | bytes:
         return self._accept(request, "kannel", b"",
                             lambda p: (inbound.kannel_mo(p, self.kannel_token, self._now()), ""))
 
-    def kannel_dlr(self, request: Request) -> Deferred[bytes]:
+    def kannel_dlr(self, request: Request) -> Deferred[bytes] | bytes:
         return self._accept(request, "kannel", b"",
                             lambda p: inbound.kannel_dlr(p, self.kannel_token))
 
-    def twilio_sms(self, request: Request) -> Deferred[bytes]:
+    def twilio_sms(self, request: Request) -> Deferred[bytes] | bytes:
         return self._accept(request, "twilio", TWIML_EMPTY, lambda p: (
             inbound.twilio_sms(p, self.twilio_token, self.public_url, self._now()), ""))
 
-    def twilio_status(self, request: Request) -> Deferred[bytes]:
+    def twilio_status(self, request: Request) -> Deferred[bytes] | bytes:
         return self._accept(request, "twilio", b"", lambda p: inbound.twilio_status(
             p, self.twilio_token, self.public_url))
 
@@ -107,55 +110,50 @@ class Receiver:
         return self.clock.seconds()
 
     def _accept(self, request: Request, gateway: str, answer: bytes,
-                parse: Callable[[Posted], tuple[Any, str]]) -> Deferred[bytes]:
-        return Deferred.fromCoroutine(self._accepting(request, gateway, answer, parse))
-
-    async def _accepting(self, request: Request, gateway: str, answer: bytes,
-                         parse: Callable[[Posted], tuple[Any, str]]) -> bytes:
+                parse: Callable[[Posted], tuple[Any, str]]) -> Deferred[bytes] | bytes:
+        """Check and parse synchronously (a refusal is answered at once), then answer once the
+        journal made the record durable.  One Deferred per request: this path runs for every
+        post a gateway makes, so it keeps to plain callbacks (no coroutine)."""
         try:
-            posted = self._posted(request)
-            item, status = parse(posted)
+            item, status = parse(self._posted(request))
             key, record = inbound.journal_entry(item, status)
             if not self.journal.writable():
                 raise _Unavailable("the journal is not writable; try again later")
-            try:
-                await _shielded(self.journal.append(key, record).addCallback(
-                    self._appended, request, gateway, key))
-            except CancelledError:
-                raise   # the gateway hung up; the write goes on (see _shielded)
-            except Exception:
-                log.failure("journal append failed for {key}", key=key)
-                raise _Unavailable("the journal is not writable; try again later") from None
         except Refused as e:
             return self._refuse(request, e)
-        if answer:
-            request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        else:
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return answer
+        # ``out`` is what Klein waits on; it cancels it when the gateway hangs up, which must
+        # leave the journal's write alone (the entry is delivered all the same).
+        out: Deferred[bytes] = Deferred()
+        self.journal.append(key, record).addCallbacks(
+            self._appended, self._append_failed,
+            callbackArgs=(request, gateway, key, answer, out), errbackArgs=(request, key, out))
+        return out
 
-    def _appended(self, entry: Any, request: Request, gateway: str, key: str) -> None:
-        """The journal made it durable: count it and hand it on (``on_accepted``).  Runs even
+    def _appended(self, entry: Any, request: Request, gateway: str, key: str, answer: bytes,
+                  out: Deferred[bytes]) -> None:
+        """The journal made it durable: count it, answer 2xx, then hand it on
+        (``on_accepted``), so delivery's work on it does not delay the answer.  Hands on even
         when the gateway hung up meanwhile, as the entry must be delivered all the same."""
         if entry is None:
-            metrics.duplicates.labels(gateway).inc()
-            return
-        metrics.accepted.labels(gateway).inc()
-        if self.on_accepted is None:
-            return
-        if request.finished or getattr(request, "_disconnected", False):
-            self._hand_on(entry, key)
+            self._duplicates[gateway].inc()
         else:
-            # Once the 2xx went out (or the gateway hung up), so delivery's work on it does
-            # not delay the answer.
-            request.notifyFinish().addBoth(lambda _: self._hand_on(entry, key))
+            self._accepted[gateway].inc()
+        if not out.called:   # called: cancelled, the gateway hung up
+            request.setHeader(b"content-type", b"text/xml; charset=utf-8" if answer
+                              else b"text/plain; charset=utf-8")
+            out.callback(answer)
+        if entry is not None and self.on_accepted is not None:
+            try:
+                self.on_accepted(entry)
+            except Exception:
+                log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
 
-    def _hand_on(self, entry: Any, key: str) -> None:
-        assert self.on_accepted is not None
-        try:
-            self.on_accepted(entry)
-        except Exception:
-            log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
+    def _append_failed(self, failure: Failure, request: Request, key: str,
+                       out: Deferred[bytes]) -> None:
+        log.failure("journal append failed for {key}", failure, key=key)
+        if not out.called:
+            out.callback(self._refuse(request, _Unavailable(
+                "the journal is not writable; try again later")))
 
     def _posted(self, request: Request) -> Posted:
         length = request.getHeader(b"content-length")
@@ -202,22 +200,6 @@ class Receiver:
         metrics.backlog.set(self.journal.backlog)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
-
-
-def _shielded(d: Deferred[Any]) -> Deferred[Any]:
-    """A Deferred with ``d``'s result whose cancellation (the client hung up) leaves ``d``,
-    the journal's write, alone."""
-    out: Deferred[Any] = Deferred()
-
-    def fire(result: Any) -> None:
-        if not out.called:
-            if isinstance(result, Failure):
-                out.errback(result)
-            else:
-                out.callback(result)
-
-    d.addBoth(fire)
-    return out
 
 
 class _QuietSite(Site):
