@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ldaptor import interfaces
+from ldaptor._encoder import to_bytes
 from ldaptor.attributeset import LDAPAttributeSet
 from ldaptor.inmemory import InMemoryLDIFProtocol, ReadOnlyInMemoryLDAPEntry
 from ldaptor.protocols import pureber, pureldap
@@ -46,9 +47,9 @@ from mup.people import Attributes, Person, digits, person_from_attributes, sanit
 
 __all__ = ["SLUGGISH", "UNAVAILABLE", "Directory", "DirectoryError", "LDAPDirectory",
            "LDIFError", "PHONE_QUERY", "attributes_from_config", "directory_from_config",
-           "decode_search_response", "embedded_directory", "escape_filter_value", "load_ldif",
-           "query_filter", "search_op_wire",
-           "sanitize_value"]
+           "decode_search_request", "decode_search_response", "embedded_directory",
+           "escape_filter_value", "load_ldif", "query_filter", "sanitize_value",
+           "search_op_wire", "search_response_wire"]
 
 log = Logger()
 
@@ -255,6 +256,141 @@ def decode_search_response(message: bytes) -> tuple[int, Any] | None:
     except (IndexError, ValueError):
         return None
     return None
+
+
+def _integer(data: bytes, start: int, end: int) -> int:
+    if start == end:
+        raise ValueError("empty integer")
+    return int.from_bytes(data[start:end], "big", signed=True)
+
+
+_SUBSTRING_KINDS = {0x80: pureldap.LDAPFilter_substrings_initial,
+                    0x81: pureldap.LDAPFilter_substrings_any,
+                    0x82: pureldap.LDAPFilter_substrings_final}
+
+
+def _decode_filter(data: bytes, pos: int, depth: int = 0) -> tuple[Any, int]:
+    """The filter at ``pos`` as ldaptor decodes it, and where it ends; ValueError for the
+    kinds left to ldaptor (ordering, approximate and extensible matches)."""
+    tag, start, end = _read(data, pos)
+    if tag == 0xA3:  # equalityMatch
+        t1, a, b = _read(data, start)
+        t2, c, d = _read(data, b)
+        if (t1, t2) != (0x04, 0x04) or d != end:
+            raise ValueError("odd equalityMatch")
+        return pureldap.LDAPFilter_equalityMatch(
+            attributeDesc=pureber.BEROctetString(value=data[a:b], tag=0x04),
+            assertionValue=pureber.BEROctetString(value=data[c:d], tag=0x04)), end
+    if tag == 0xA4:  # substrings
+        t1, a, b = _read(data, start)
+        t2, c, d = _read(data, b)
+        if (t1, t2) != (0x04, 0x30) or d != end or c == d:
+            raise ValueError("odd substrings")
+        pieces = []
+        while c < d:
+            kind, x, y = _read(data, c)
+            if kind not in _SUBSTRING_KINDS:
+                raise ValueError("odd substring")
+            pieces.append(_SUBSTRING_KINDS[kind](value=data[x:y], tag=kind))
+            c = y
+        if c != d:
+            raise ValueError("odd substrings")
+        return pureldap.LDAPFilter_substrings(type=data[a:b], substrings=pieces), end
+    if tag == 0x87:  # present
+        return pureldap.LDAPFilter_present(value=data[start:end], tag=tag), end
+    if depth > 32:
+        raise ValueError("filter nested too deep")
+    if tag in (0xA0, 0xA1):  # and, or
+        parts = []
+        while start < end:
+            part, start = _decode_filter(data, start, depth + 1)
+            parts.append(part)
+        if start != end:
+            raise ValueError("odd filter set")
+        kind = pureldap.LDAPFilter_and if tag == 0xA0 else pureldap.LDAPFilter_or
+        return kind(parts), end
+    if tag == 0xA2:  # not
+        inner, stop = _decode_filter(data, start, depth + 1)
+        if stop != end:
+            raise ValueError("odd not")
+        return pureldap.LDAPFilter_not(value=inner), end
+    raise ValueError("a filter left to ldaptor")
+
+
+def decode_search_request(message: bytes) -> _Message | None:
+    """One LDAPMessage holding a SearchRequest without controls, decoded as ldaptor's
+    server decodes it; None for anything else (ldaptor decodes those)."""
+    try:
+        tag, start, end = _read(message, 0)
+        if tag != 0x30 or end != len(message):
+            return None
+        tag, a, b = _read(message, start)
+        if tag != 0x02:
+            return None
+        msg_id = _integer(message, a, b)
+        op, pos, stop = _read(message, b)
+        if op != 0x63 or stop != end:
+            return None  # another operation, or controls follow
+        fields = []
+        for expected in (0x04, 0x0A, 0x0A, 0x02, 0x02, 0x01):
+            tag, a, b = _read(message, pos)
+            if tag != expected or b > stop:
+                return None
+            fields.append((a, b))
+            pos = b
+        filt, pos = _decode_filter(message, pos)
+        tag, a, b = _read(message, pos)
+        if tag != 0x30 or b != stop:
+            return None
+        attributes = []
+        while a < b:
+            tag, x, y = _read(message, a)
+            if tag != 0x04:
+                return None
+            attributes.append(message[x:y])
+            a = y
+        if a != b:
+            return None
+        base, scope, deref, size, limit, (t, u) = fields
+        if t == u:
+            return None
+        request = pureldap.LDAPSearchRequest(
+            baseObject=message[base[0]:base[1]], scope=_integer(message, *scope),
+            derefAliases=_integer(message, *deref), sizeLimit=_integer(message, *size),
+            timeLimit=_integer(message, *limit), typesOnly=0xFF if any(message[t:u]) else 0,
+            filter=filt, attributes=attributes)
+    except (IndexError, ValueError):
+        return None
+    return _Message(msg_id, request)
+
+
+def _octets(value: Any) -> bytes:
+    """What ldaptor's ``to_bytes`` gives for an attribute type, value or DN."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return to_bytes(value)
+
+
+def search_response_wire(msg_id: int, response: Any) -> bytes | None:
+    """The LDAPMessage BER of a SearchResultEntry or a plain SearchResultDone (what
+    ``LDAPMessage(response, id=msg_id).toWire()`` gives, faster); None for anything else."""
+    kind = type(response)
+    if kind is pureldap.LDAPSearchResultEntry:
+        attributes = b"".join(
+            _tlv(0x30, _tlv(0x04, _octets(name))
+                 + _tlv(0x31, b"".join(_tlv(0x04, _octets(v)) for v in values)))
+            for name, values in response.attributes)
+        op = _tlv(0x64, _tlv(0x04, _octets(response.objectName)) + _tlv(0x30, attributes))
+    elif (kind is pureldap.LDAPSearchResultDone and response.referral is None
+          and not response.serverSaslCreds and isinstance(response.resultCode, int)):
+        op = _tlv(0x65, _ber_int(0x0A, response.resultCode)
+                  + _tlv(0x04, _octets(response.matchedDN or b""))
+                  + _tlv(0x04, _octets(response.errorMessage or b"")))
+    else:
+        return None
+    return _tlv(0x30, _ber_int(0x02, msg_id) + op)
 
 
 @dataclass(frozen=True)
@@ -567,6 +703,20 @@ class _Entry(ReadOnlyInMemoryLDAPEntry):
     def buildAttributeSet(self, key: Any, values: Any) -> LDAPAttributeSet:
         return _OrderedValues(key, values)
 
+    def subtree(self, callback: Any = None) -> Deferred[Any]:
+        """ldaptor's walk (this entry, then each child's subtree, last child first), without
+        a Deferred per entry: the tree is in memory."""
+        if callback is None:
+            found: list[Any] = []
+            self.subtree(found.append)
+            return defer.succeed(found)
+        stack: list[Any] = [self]
+        while stack:
+            entry = stack.pop()
+            callback(entry)
+            stack.extend(entry._children.values())
+        return defer.succeed(None)
+
     def match(self, filter: Any) -> bool:
         if isinstance(filter, pureldap.LDAPFilter_equalityMatch):
             wanted = _fold(filter.assertionValue.value)
@@ -774,6 +924,30 @@ class _PipeTransport:
 _MEMORY = UNIXAddress("<embedded directory>")
 
 
+class _Server(LDAPServer):
+    """ldaptor's LDAP server, with search entries and results encoded on the fast path (the
+    embedded directory's answers cost what a real server's do, not ldaptor's slow BER)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """ldaptor's loop, with search requests decoded on the fast path."""
+        self.buffer += data
+        while self.buffer:
+            size = _frame(self.buffer)
+            request = decode_search_request(self.buffer[:size]) if size else None
+            if request is None:
+                super().dataReceived(b"")  # anything else, the rest of the buffer too
+                return
+            self.buffer = self.buffer[size:]
+            self.handle(request)
+
+    def queue(self, id: int, op: Any) -> None:
+        wire = search_response_wire(id, op) if self.connected and not self.debug else None
+        if wire is None:
+            super().queue(id, op)
+        else:
+            self.transport.write(wire)
+
+
 @implementer(IStreamClientEndpoint)
 class _MemoryEndpoint:
     """Connects a client to a fresh ldaptor LDAPServer on ``tree``, in memory: no socket, no
@@ -783,7 +957,7 @@ class _MemoryEndpoint:
         self._tree = tree
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        server = LDAPServer()
+        server = _Server()
         server.factory = self._tree
         client = factory.buildProtocol(_MEMORY)
         if client is None:

@@ -29,12 +29,14 @@ from mup.ldap import (
     UNAVAILABLE,
     DirectoryError,
     LDAPDirectory,
+    decode_search_request,
     decode_search_response,
     directory_from_config,
     escape_filter_value,
     load_ldif,
     query_filter,
     search_op_wire,
+    search_response_wire,
 )
 from mup.people import (
     Attributes,
@@ -47,6 +49,7 @@ from mup.people import (
 )
 
 NAMES = Attributes(timezone="timezone")
+ROOT_DATA = __import__("pathlib").Path(__file__).parent / "data"
 NOW = datetime(2026, 1, 15, 17, 5, tzinfo=UTC).timestamp()
 
 
@@ -424,3 +427,129 @@ def test_fast_request_encoding_agrees_with_ldaptor(query, base, attributes, size
         baseObject=base, scope=scope, derefAliases=0, sizeLimit=size, timeLimit=time_limit,
         typesOnly=types_only, filter=query_filter(query or "x", NAMES), attributes=attributes)
     assert search_op_wire(request) == request.toWire()
+
+
+# --- The embedded server's answers: the fast path agrees with ldaptor ------------------------
+
+byte_or_text = st.one_of(text_values, st.binary(max_size=300))
+
+
+@settings(max_examples=200, deadline=None)
+@given(msg_id=st.integers(1, 2**31 - 1), dn=byte_or_text,
+       attributes=st.lists(st.tuples(st.one_of(st.text("abcXYZ", min_size=1, max_size=20),
+                                               st.binary(min_size=1, max_size=20)),
+                                     st.lists(byte_or_text, max_size=4)), max_size=12))
+def test_fast_entry_encoding_agrees_with_ldaptor(msg_id, dn, attributes):
+    entry = pureldap.LDAPSearchResultEntry(objectName=dn, attributes=attributes)
+    assert search_response_wire(msg_id, entry) == pureldap.LDAPMessage(entry,
+                                                                       id=msg_id).toWire()
+
+
+@settings(max_examples=100, deadline=None)
+@given(msg_id=st.integers(1, 2**31 - 1), code=st.integers(0, 2**16), matched=byte_or_text,
+       message=byte_or_text)
+def test_fast_done_encoding_agrees_with_ldaptor(msg_id, code, matched, message):
+    done = pureldap.LDAPSearchResultDone(resultCode=code, matchedDN=matched,
+                                         errorMessage=message)
+    assert search_response_wire(msg_id, done) == pureldap.LDAPMessage(done, id=msg_id).toWire()
+
+
+def test_fast_encoding_leaves_the_rest_to_ldaptor():
+    assert search_response_wire(2, pureldap.LDAPBindResponse(resultCode=0)) is None
+    assert search_response_wire(2, pureldap.LDAPSearchResultReference(
+        uris=[pureldap.LDAPString("ldap://elsewhere/")])) is None
+
+
+def test_embedded_subtree_walks_like_ldaptor(tmp_path):
+    from ldaptor.entryhelpers import SubtreeFromChildrenMixin
+
+    root = load_ldif(str(ROOT_DATA / "people.ldif"))
+    fast = root.subtree()
+    slow = SubtreeFromChildrenMixin.subtree(root)
+    assert [e.dn for e in fast.result] == [e.dn for e in slow.result]
+    assert len(fast.result) > 3
+
+
+def _filters():
+    """Filters of every kind the fast path decodes, nested."""
+    raw = st.one_of(text_values, st.binary(max_size=40))
+    leaves = st.one_of(
+        st.builds(lambda q: query_filter(q or "x", NAMES), st.text(max_size=30)),
+        st.builds(lambda a, v: pureldap.LDAPFilter_equalityMatch(
+            attributeDesc=pureldap.LDAPAttributeDescription(a),
+            assertionValue=pureldap.LDAPAssertionValue(v)), st.text("abcXY", min_size=1), raw),
+        st.builds(pureldap.LDAPFilter_present, st.text("abcXY", min_size=1)),
+        st.builds(lambda t, parts: pureldap.LDAPFilter_substrings(type=t, substrings=[
+            kind(v) for kind, v in parts]), st.text("abcXY", min_size=1), st.lists(st.tuples(
+                st.sampled_from([pureldap.LDAPFilter_substrings_initial,
+                                 pureldap.LDAPFilter_substrings_any,
+                                 pureldap.LDAPFilter_substrings_final]), raw),
+                min_size=1, max_size=4)))
+    return st.recursive(leaves, lambda inner: st.one_of(
+        st.builds(pureldap.LDAPFilter_and, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(pureldap.LDAPFilter_or, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(pureldap.LDAPFilter_not, inner)), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(msg_id=st.integers(1, 2**31 - 1), base=text_values, filt=_filters(),
+       attributes=st.lists(st.text("abcXYZ", min_size=1, max_size=20), max_size=12),
+       size=st.integers(0, 2**31 - 1), time_limit=st.integers(0, 2**31 - 1),
+       scope=st.integers(0, 2), deref=st.integers(0, 3), types_only=st.booleans())
+def test_fast_request_decoding_agrees_with_ldaptor(msg_id, base, filt, attributes, size,
+                                                   time_limit, scope, deref, types_only):
+    wire = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
+        baseObject=base, scope=scope, derefAliases=deref, sizeLimit=size,
+        timeLimit=time_limit, typesOnly=types_only, filter=filt, attributes=attributes),
+        id=msg_id).toWire()
+    fast = decode_search_request(wire)
+    slow, _ = pureber.berDecodeObject(BaseLDAPServer.berdecoder, wire)
+    assert fast is not None and fast.id == slow.id and fast.controls is None
+    assert repr(fast.value) == repr(slow.value)
+    for name in ("baseObject", "scope", "derefAliases", "sizeLimit", "timeLimit", "typesOnly",
+                 "attributes"):
+        assert getattr(fast.value, name) == getattr(slow.value, name), name
+    assert fast.value.filter.toWire() == slow.value.filter.toWire()
+    assert fast.value.toWire() == slow.value.toWire()
+
+
+def test_fast_request_decoding_leaves_the_rest_to_ldaptor():
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn="cn=x", auth="pw"), id=1)
+    assert decode_search_request(bind.toWire()) is None
+    ordering = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
+        baseObject="dc=x", filter=pureldap.LDAPFilter_greaterOrEqual(
+            attributeDesc=pureldap.LDAPAttributeDescription("cn"),
+            assertionValue=pureldap.LDAPAssertionValue("a"))), id=2).toWire()
+    assert decode_search_request(ordering) is None
+    controlled = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(baseObject="dc=x"), id=3,
+                                      controls=[("1.2.3", True, None)]).toWire()
+    assert decode_search_request(controlled) is None
+    search = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(baseObject="dc=x"), id=4).toWire()
+    assert decode_search_request(search) is not None
+    for cut in range(len(search)):
+        assert decode_search_request(search[:cut]) is None
+
+
+def test_embedded_server_answers_other_requests_through_ldaptor(tmp_path):
+    """A bind, then a search in the same chunk: ldaptor's loop takes over, nothing is lost."""
+    from mup.ldap import _Server, _Tree
+
+    server = _Server()
+    server.factory = _Tree(load_ldif(str(ROOT_DATA / "people.ldif")))
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.connectionMade()
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn="", auth=""), id=1).toWire()
+    search = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
+        baseObject="ou=people,dc=example,dc=com",
+        filter=query_filter("niemeyer", NAMES), attributes=["cn"]), id=2).toWire()
+    server.dataReceived(bind + search[:5])
+    server.dataReceived(search[5:])
+    data, answers = transport.value(), []
+    while data:
+        message, used = pureber.berDecodeObject(LDAPClient.berdecoder, data)
+        answers.append(message)
+        data = data[used:]
+    assert [(m.id, type(m.value).__name__) for m in answers] == [
+        (1, "LDAPBindResponse"), (2, "LDAPSearchResultEntry"), (2, "LDAPSearchResultDone")]
+    assert answers[1].value.attributes == [(b"cn", [b"Gustavo Niemeyer"])]

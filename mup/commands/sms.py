@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
+from mup.gateways import MaskedNumber
 from mup.phone import InvalidNumber, mask_number, normalise
 from mup.segments import count
 
@@ -127,7 +128,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
             return f"SMS delivery failed: {result.reason}"
         log.info("SMS {reference} from {sender} to {recipient} ({number}): {status}",
                  reference=reference, sender=sender.nick, recipient=recipient.nick,
-                 number=mask_number(number), status=result.status)
+                 number=MaskedNumber(number), status=result.status)
         if outbox is not None:
             outbox.record(reference, gateway.name, result.message_id or reference,
                           request.nick, recipient.nick)

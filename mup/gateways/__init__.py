@@ -23,7 +23,8 @@ from mup import metrics
 from mup.gateway import SendResult
 from mup.phone import mask_number
 
-__all__ = ["Answer", "HTTPGateway", "Unknowable", "clean_reason", "real_http_client"]
+__all__ = ["Answer", "HTTPGateway", "MaskedNumber", "Unknowable", "clean_reason",
+           "real_http_client"]
 
 log = Logger()
 
@@ -41,6 +42,28 @@ class Answer:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace").strip()
+
+
+class MaskedNumber:
+    """A number for a log event: shows as :func:`mup.phone.mask_number` (never the number
+    itself), masked only when the event is formatted, so filtered-out info events cost no
+    phonenumbers parsing on the sending path."""
+
+    __slots__ = ("_masked", "_number")
+
+    def __init__(self, number: str) -> None:
+        self._number = number
+        self._masked: str | None = None
+
+    def __str__(self) -> str:
+        if self._masked is None:
+            self._masked = mask_number(self._number)
+        return self._masked
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def clean_reason(text: str, limit: int = 200) -> str:
@@ -94,7 +117,7 @@ class HTTPGateway:
         method, url, kwargs = self.request(number, text, reference)
         result = await self._with_retries(method, url, kwargs,
                                           lambda answer: self.parse(answer, text), number, text)
-        masked = mask_number(number)
+        masked = MaskedNumber(number)
         if self.debug_numbers:
             log.debug("{gateway}: SMS {reference} to {number}: {status} {reason}",
                       gateway=self.name, reference=reference, number=number,
