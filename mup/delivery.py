@@ -4,8 +4,12 @@ Entries come from the journal at start-up (what was not confirmed before a crash
 from the receiver (``accept(entry)``, its ``on_accepted``) and from anyone else who appended
 (``wake()``, e.g. the relay puller).  An entry is marked done only after the IRC server
 confirmed it (``IRCService.deliver``); until then it is retried, waiting while IRC is down.
-Messages from one sender go out one at a time, in order; different senders go out side by side.
-Delivery reports go to ``reports`` (``Outbox.report``) and its answer, if any, to IRC.
+Messages from one sender go out in order, pipelined: up to ``PIPELINE`` of them are handed to IRC
+before the first is confirmed (one connection keeps them in order, and queued deliveries share one
+confirming PING), each is marked done once its own delivery is confirmed, and when the connection
+drops every unconfirmed one goes again, in order, before anything newer.  Different senders go
+out side by side.  Delivery reports go to ``reports`` (``Outbox.report``) and its answer, if any,
+to IRC.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mup import metrics
 from mup.gateway import DeliveryReport, InboundSMS
@@ -35,6 +40,12 @@ log = Logger()
 LINE_BYTES = 400
 """Longest text of one PRIVMSG line, in UTF-8 bytes: 512 minus the prefix the server adds
 (``:nick!user@host PRIVMSG target :`` and CR LF), with room to spare."""
+
+PIPELINE = 32
+"""How many messages of one sender may be on their way to IRC, not yet confirmed, at once."""
+
+REPORT_TRIES = 3
+"""Delivery reports are best effort: given up after this many unconfirmed attempts."""
 
 RECENT_DONE = 10000
 """How many delivered seqs are remembered to ignore a second hand-over of the same entry."""
@@ -78,20 +89,59 @@ def format_lines(route: Route, hint: str = "", limit: int = LINE_BYTES) -> list[
     return lines
 
 
+_WAITING = object()
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One journal entry of a lane on its way to IRC: what goes where, and how it went."""
+
+    entry: Any
+    target: str = ""
+    lines: list[str] = field(default_factory=list)
+    """Empty: nothing to show (dropped, unreadable, a report with no answer)."""
+    sms: InboundSMS | None = None
+    route: Route | None = None
+    hinted: tuple[str, str] | None = None
+    """The conversation whose hint it carries (forgotten again if the target is refused)."""
+    fell_back: bool = False
+    """Sent to the default channel, the server having refused ``route``'s target."""
+    best_effort: bool = False
+    """A delivery report's answer: given up after ``REPORT_TRIES``, or if refused."""
+    d: Deferred[None] | None = None
+    """The delivery handed to IRC; None: not yet, or to be sent again."""
+    outcome: Any = _WAITING
+    """None once confirmed, a Failure if not."""
+    failures: int = 0
+
+    @property
+    def confirmed(self) -> bool:
+        return self.outcome is None
+
+    @property
+    def failure(self) -> Failure | None:
+        return self.outcome if isinstance(self.outcome, Failure) else None
+
+    def again(self) -> None:
+        """To be handed to IRC again."""
+        self.d, self.outcome = None, _WAITING
+
+
 class Delivery(Service):
     """Delivers journaled inbound SMS and delivery reports to IRC.
 
     ``journal``: ``pending()``, ``mark_done(seq)``; ``irc``: ``connected``,
     ``when_connected()``, ``deliver(target, lines)``; ``router``: ``route(sms)`` (async);
-    ``reports(report) -> (nick, text) | None``; ``on_delivered(entry)`` after ``mark_done``
-    (the relay puller acknowledges there)."""
+    ``reports(report) -> (nick, text) | None``; ``on_delivered(entry)`` in order per lane, once
+    IRC confirmed the entry and ``mark_done`` was called (the relay puller acknowledges there).
+    ``pipeline``: unconfirmed messages per lane at once."""
 
     def __init__(self, journal: Any, irc: Any, router: Any, *, clock: Any,
                  reports: Callable[[DeliveryReport], tuple[str, str] | None] | None = None,
                  on_delivered: Callable[[Any], object] | None = None,
                  hint: bool = True, prefix: str = "@", hint_window: float = 12 * 3600,
-                 lanes: int = 16, max_backoff: float = 30.0, line_limit: int = LINE_BYTES
-                 ) -> None:
+                 lanes: int = 16, max_backoff: float = 30.0, line_limit: int = LINE_BYTES,
+                 pipeline: int = PIPELINE) -> None:
         self.journal = journal
         self.irc = irc
         self.router = router
@@ -104,6 +154,7 @@ class Delivery(Service):
         self.max_lanes = lanes
         self.max_backoff = max_backoff
         self.line_limit = line_limit
+        self.pipeline = max(1, pipeline)
         self._queues: dict[str, deque[Any]] = {}
         self._ready: deque[str] = deque()
         self._busy: set[str] = set()
@@ -115,6 +166,8 @@ class Delivery(Service):
         """Seqs up to this were queued at start-up (without going through ``_known``)."""
         self._hinted: dict[tuple[str, str], float] = {}
         self._waits: set[Deferred[Any]] = set()
+        self._nudges: dict[str, Deferred[None]] = {}
+        """Busy lane -> what it waits on for news (``_news``)."""
         self._rescan: Any = None
         self.delivered = 0
 
@@ -177,6 +230,7 @@ class Delivery(Service):
             if lane not in self._busy:
                 self._ready.append(lane)
         queue.append(entry)
+        self._nudge(lane)   # a busy lane may have room for it
 
     def _pump(self) -> None:
         while self.running and self._ready and len(self._busy) < self.max_lanes:
@@ -199,12 +253,27 @@ class Delivery(Service):
         self._pump()
 
     async def _run_lane(self, lane: str) -> None:
+        """Deliver ``lane``'s queue in order: route the next message and hand it to IRC while
+        fewer than ``pipeline`` are unconfirmed; finish them (``_done``) strictly in order."""
         queue = self._queues[lane]
-        while queue and self.running:
-            entry = queue[0]
-            await self._deliver_entry(entry)
-            queue.popleft()
-            await self._done(entry)
+        flights: deque[_Flight] = deque()   # queue[:len(flights)]: routed, oldest first
+        while self.running and queue:
+            self._hand_over(lane, flights)
+            if len(flights) < min(len(queue), self.pipeline) and all(
+                    f.d is not None for f in flights):
+                flights.append(await self._prepare(queue[len(flights)]))
+                continue
+            head = flights[0]
+            if head.confirmed:
+                flights.popleft()
+                queue.popleft()
+                self._done(head)
+            elif head.failure is not None:
+                await self._recover(flights)
+            elif head.d is None:   # IRC is down
+                await self._wait(self.irc.when_connected())
+            else:
+                await self._news(lane)
         self._busy.discard(lane)
         if queue:
             self._ready.append(lane)
@@ -212,21 +281,121 @@ class Delivery(Service):
             del self._queues[lane]
         self._pump()
 
-    # Delivering
+    def _hand_over(self, lane: str, flights: deque[_Flight]) -> None:
+        """Send, in order, the routed messages not sent yet.  One goes only behind messages on
+        their way to the same target (so the fallback of one the server refuses still comes
+        first) and never past one that failed (that one and all after it go again first)."""
+        if not self.irc.connected:
+            return
+        ahead: set[str] = set()   # targets of earlier messages not confirmed yet
+        for flight in flights:
+            if flight.d is None:
+                if ahead - {flight.target}:
+                    return
+                self._launch(lane, flight)
+            if flight.failure is not None:
+                return
+            if not flight.confirmed:
+                ahead.add(flight.target)
 
-    async def _deliver_entry(self, entry: Any) -> None:
+    def _launch(self, lane: str, flight: _Flight) -> None:
+        d = flight.d = self.irc.deliver(flight.target, flight.lines)
+        self._waits.add(d)   # cancelled on stopService
+
+        def settled(result: Failure | None) -> None:
+            self._waits.discard(d)
+            if flight.d is d:
+                flight.outcome = result
+                self._nudge(lane)
+
+        d.addBoth(settled)   # the failure is the lane's to handle (_recover)
+
+    def _nudge(self, lane: str) -> None:
+        d = self._nudges.pop(lane, None)
+        if d is not None:
+            d.callback(None)
+
+    async def _news(self, lane: str) -> None:
+        """Wait until a delivery of ``lane`` settles or a message joins its queue."""
+        def forget(d: Deferred[None]) -> None:
+            if self._nudges.get(lane) is d:
+                del self._nudges[lane]
+
+        d: Deferred[None] = Deferred(forget)
+        self._nudges[lane] = d
+        await self._wait(d)
+
+    async def _recover(self, flights: deque[_Flight]) -> None:
+        """The oldest unconfirmed message failed.  Refused target: fall back to the default
+        channel.  Otherwise (connection lost): wait a little, then send it and every
+        unconfirmed one after it again, in order."""
+        head = flights[0]
+        failure = head.failure
+        assert failure is not None
+        if failure.check(CancelledError):
+            raise CancelledError()
+        if failure.check(ValueError):
+            self._refused(head, failure.value)
+            return
+        head.failures += 1
+        if head.best_effort and head.failures >= REPORT_TRIES:
+            log.warn("giving up telling {target}: {error}", target=head.target,
+                     error=failure.value)
+            head.outcome = None
+            return
+        log.info("delivery to {target} not confirmed ({error}); retrying",
+                 target=head.target, error=failure.value)
+        for flight in list(flights)[1:]:   # sent on the same connection: let them settle
+            if flight.d is not None and flight.outcome is _WAITING:
+                await self._wait(flight.d)
+                if flight.failure is not None and flight.failure.check(CancelledError):
+                    raise CancelledError()
+        await self._sleep(self._backoff(head.failures))
+        for flight in flights:
+            if flight.failure is not None:
+                flight.again()
+
+    def _refused(self, flight: _Flight, error: Exception) -> None:
+        if flight.best_effort:
+            log.warn("cannot tell {nick} about an SMS: {error}", nick=flight.target, error=error)
+            flight.outcome = None
+            return
+        route = flight.route
+        if route is None or flight.fell_back:
+            raise error
+        # IRC refused the target itself: show the message where everyone can see it.
+        log.error("cannot deliver to {target} ({error}); using {default}",
+                  target=route.target, error=error, default=self.router.default_channel)
+        if flight.hinted is not None:
+            self._hinted.pop(flight.hinted, None)
+            flight.hinted = None
+        route = replace(route, target=self.router.default_channel,
+                        note=f"(for {route.target}, who cannot be messaged)")
+        flight.route, flight.target, flight.fell_back = route, route.target, True
+        flight.lines = format_lines(route, "", self.line_limit)
+        flight.again()
+
+    # Preparing: what to send where
+
+    async def _prepare(self, entry: Any) -> _Flight:
+        """Route and format one entry (routing waits for IRC).  An entry with nothing to show
+        (unreadable, dropped, a report with no answer) is confirmed at once."""
+        flight = _Flight(entry)
         try:
             item = from_record(entry.record)
         except ValueError as e:
             log.error("journal entry {seq} ({key}) is unreadable, skipped: {error}",
                       seq=entry.seq, key=entry.key, error=e)
-            return
-        if isinstance(item, InboundSMS):
-            await self._deliver_sms(item)
         else:
-            await self._deliver_report(item)
+            if isinstance(item, InboundSMS):
+                await self._prepare_sms(flight, item)
+            else:
+                self._prepare_report(flight, item)
+        if not flight.lines:
+            flight.d, flight.outcome = succeed(None), None
+        return flight
 
-    async def _deliver_sms(self, sms: InboundSMS) -> None:
+    async def _prepare_sms(self, flight: _Flight, sms: InboundSMS) -> None:
         failures = 0
         while True:
             if not self.irc.connected:   # routing asks IRC who is present
@@ -249,26 +418,15 @@ class Delivery(Service):
             more = f"(with {media} picture(s) or other media, not shown here)"
             route = replace(route, note=f"{route.note} {more}" if route.note else more)
         hint = self._hint_for(route)
-        lines = format_lines(route, hint, self.line_limit)
-        try:
-            await self._send(route.target, lines, forever=True)
-        except ValueError as e:
-            # IRC refused the target itself: show the message where everyone can see it.
-            log.error("cannot deliver to {target} ({error}); using {default}",
-                      target=route.target, error=e, default=self.router.default_channel)
-            route = replace(route, target=self.router.default_channel,
-                            note=f"(for {route.target}, who cannot be messaged)")
-            hint = ""
-            await self._send(route.target, format_lines(route, "", self.line_limit), True)
-        if hint:
+        flight.lines = format_lines(route, hint, self.line_limit)
+        flight.sms, flight.route, flight.target = sms, route, route.target
+        if hint:   # noted now, so the messages pipelined behind this one go without it
             now = self.clock.seconds()
             if len(self._hinted) > 10000:
                 self._hinted = {k: t for k, t in self._hinted.items()
                                 if now - t < self.hint_window}
-            self._hinted[(irc_lower(route.sender_nick), irc_lower(route.target))] = now
-        self.delivered += 1
-        metrics.delivered.inc()
-        metrics.inbound_latency.observe(max(self.clock.seconds() - sms.received, 0.0))
+            flight.hinted = (irc_lower(route.sender_nick), irc_lower(route.target))
+            self._hinted[flight.hinted] = now
 
     def _hint_for(self, route: Route) -> str:
         if not self.hint or not route.sender_nick:
@@ -278,7 +436,7 @@ class Delivery(Service):
             return ""
         return f"Answer with: {self.prefix}sms {route.sender_nick} <message>"
 
-    async def _deliver_report(self, report: DeliveryReport) -> None:
+    def _prepare_report(self, flight: _Flight, report: DeliveryReport) -> None:
         if self.reports is None:
             return
         try:
@@ -288,38 +446,23 @@ class Delivery(Service):
             return
         if answer is not None:
             nick, text = answer
-            try:
-                await self._send(nick, [clean_text(text)], forever=False)
-            except ValueError as e:
-                log.warn("cannot tell {nick} about an SMS: {error}", nick=nick, error=e)
+            flight.target, flight.lines, flight.best_effort = nick, [clean_text(text)], True
 
-    async def _send(self, target: str, lines: list[str], forever: bool) -> None:
-        """Deliver until the server confirmed; reports (``forever=False``) give up after a
-        few tries, being best effort."""
-        failures = 0
-        while True:
-            if not self.irc.connected:
-                await self._wait(self.irc.when_connected())
-            try:
-                await self._wait(self.irc.deliver(target, lines))
-                return
-            except (CancelledError, ValueError):
-                raise
-            except Exception as e:
-                failures += 1
-                if not forever and failures >= 3:
-                    log.warn("giving up telling {target}: {error}", target=target, error=e)
-                    return
-                log.info("delivery to {target} not confirmed ({error}); retrying",
-                         target=target, error=e)
-                await self._sleep(self._backoff(failures))
+    # Finishing
 
-    async def _done(self, entry: Any) -> None:
-        try:
-            await self.journal.mark_done(entry.seq)
-        except Exception:
-            log.failure("marking journal entry {seq} done failed (it may be shown again after "
-                        "a restart)", seq=entry.seq)
+    def _done(self, flight: _Flight) -> None:
+        """``flight`` is confirmed (or had nothing to show, or was given up): mark it done and
+        call ``on_delivered``, in lane order.  The journal's fsync is not waited for: a crash
+        before it is durable shows the message again, as for any message in flight."""
+        entry, sms = flight.entry, flight.sms
+        if sms is not None and flight.lines:
+            self.delivered += 1
+            metrics.delivered.inc()
+            metrics.inbound_latency.observe(max(self.clock.seconds() - sms.received, 0.0))
+        d = maybeDeferred(self.journal.mark_done, entry.seq)
+        d.addErrback(lambda f: log.failure(
+            "marking journal entry {seq} done failed (it may be shown again after a restart)",
+            f, seq=entry.seq))
         self._done_order.append(entry.seq)
         if len(self._done_order) > RECENT_DONE:
             self._known.discard(self._done_order.popleft())

@@ -1,17 +1,20 @@
-"""Delivery to IRC with a fake IRC core: format, sanitising, order, waiting, retries, hints."""
+"""Delivery to IRC with a fake IRC core: format, sanitising, order, pipelining, waiting,
+retries, hints."""
 
 from __future__ import annotations
 
 import pytest
 from fixtures_inbound import JOE, NIEMEYER, FakeDirectory, FakeIRC, FakeJournal
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.delivery import LINE_BYTES, Delivery, format_lines
 from mup.gateway import DeliveryReport, InboundSMS
 from mup.gateways.inbound import journal_entry
+from mup.irc import NotDelivered
 from mup.routes import ReplyRoutes
 from mup.routing import Route, Router
 
@@ -21,12 +24,55 @@ J = "+447911654321"   # joe's mobile
 STRANGER = "+447911123999"
 
 
+class DroppingIRC(FakeIRC):
+    """FakeIRC as one connection to a server: first in, first shown (a delivery queues behind
+    held ones; a PONG comes after the lines before it were shown), and the connection can
+    drop as the IRC core's does: every held delivery fails with NotDelivered, though the
+    server may have shown the first ``shown`` of them (their PONG was lost).
+    ``confirmed`` lists the lines whose delivery was confirmed."""
+
+    def __init__(self, present: tuple[str, ...] = ()) -> None:
+        super().__init__(present)
+        self.confirmed: list[tuple[str, str]] = []
+
+    def deliver(self, target: str, lines, notice: bool = False) -> Deferred:
+        lines = [lines] if isinstance(lines, str) else list(lines)
+
+        def confirmed(result):
+            self.confirmed += [(target, line) for line in lines]
+            return result
+
+        mode = self.mode
+        if mode == "confirm" and self.held:
+            self.mode = "hold"
+        try:
+            return super().deliver(target, lines, notice).addCallback(confirmed)
+        finally:
+            self.mode = mode
+
+    def confirm(self, n: int | None = None) -> None:
+        take = self.held if n is None else self.held[:n]
+        self.held = [] if n is None else self.held[n:]
+        for _d, target, lines in take:
+            self.shown += [(target, line) for line in lines]
+        for d, _target, _lines in take:
+            d.callback(None)
+
+    def drop(self, shown: int = 0) -> None:
+        self.connected = False
+        held, self.held = self.held, []
+        for _d, target, lines in held[:shown]:
+            self.shown += [(target, line) for line in lines]
+        for d, _target, _lines in held:
+            d.errback(NotDelivered("connection lost"))
+
+
 class Harness:
     def __init__(self, tmp_path, journal=None, reports=None) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.journal = journal if journal is not None else FakeJournal()
-        self.irc = FakeIRC(present=("alice",))
+        self.irc = DroppingIRC(present=("alice",))
         self.routes = ReplyRoutes(str(tmp_path), 12 * 3600, self.clock)
         self.router = Router(channels=["#ops", "#dev"], default_channel="#ops",
                              unknown_senders="mask", region="GB",
@@ -158,16 +204,113 @@ def test_waits_while_irc_is_down_then_in_order(h: Harness) -> None:
     assert len(h.journal.done) == 4
 
 
-def test_one_at_a_time_per_sender_side_by_side_across_senders(h: Harness) -> None:
+def texts(pairs) -> list[str]:
+    """The SMS texts in (target, line) pairs or held deliveries, without the sender."""
+    lines = [p[-1][0] if isinstance(p[-1], list) else p[-1] for p in pairs]
+    return [line.split("> ", 1)[1] for line in lines if line.startswith("[SMS]")]
+
+
+def test_pipelined_per_sender_side_by_side_across_senders(h: Harness) -> None:
     h.irc.mode = "hold"
     h.post(N, "#ops n1")
     h.post(N, "#ops n2")
     h.post(J, "#ops j1")
-    assert [lines[0] for _, _, lines in h.irc.held] == ["[SMS] <niemeyer> n1", "[SMS] <joe> j1"]
-    h.irc.confirm(1)
-    assert [lines[0] for _, _, lines in h.irc.held] == ["[SMS] <joe> j1", "[SMS] <niemeyer> n2"]
+    h.post(N, "#ops n3")
+    # All handed to IRC before the first PONG, in order per sender.
+    assert texts(h.irc.held) == ["n1", "n2", "j1", "n3"]
+    assert h.journal.done == set() and h.acked == []
+    h.irc.confirm(2)
+    assert h.journal.done == {1, 2} and [e.seq for e in h.acked] == [1, 2]
     h.irc.confirm()
-    assert len(h.journal.done) == 3
+    assert h.journal.done == {1, 2, 3, 4} and [e.seq for e in h.acked] == [1, 2, 3, 4]
+
+
+def test_pipeline_is_bounded(h: Harness) -> None:
+    h.delivery.pipeline = 3
+    h.irc.mode = "hold"
+    for i in range(5):
+        h.post(N, f"#ops m{i}")
+    assert texts(h.irc.held) == ["m0", "m1", "m2"]
+    h.irc.confirm(1)
+    assert texts(h.irc.held) == ["m1", "m2", "m3"]
+    h.irc.confirm(2)
+    assert texts(h.irc.held) == ["m3", "m4"]
+    assert h.delivery.waiting == 2
+
+
+def test_done_and_on_delivered_in_order_each_once_confirmed(h: Harness) -> None:
+    h.irc.mode = "hold"
+    e1, e2, e3 = (h.post(N, f"#ops m{i}") for i in range(3))
+    h.irc.held[1][0].callback(None)   # m1's confirmation first (not what a server does)
+    assert h.journal.done == set() and h.acked == []
+    h.irc.held[0][0].callback(None)
+    assert h.journal.done == {e1.seq, e2.seq} and h.acked == [e1, e2]
+    h.irc.held[2][0].callback(None)
+    assert h.acked == [e1, e2, e3]
+
+
+def test_drop_mid_pipeline_resends_the_unconfirmed_in_order(h: Harness) -> None:
+    h.irc.mode = "hold"
+    entries = [h.post(N, f"#ops m{i}") for i in range(5)]
+    h.post(J, "#ops j0")
+    h.irc.confirm(1)                  # m0 confirmed
+    h.irc.drop(shown=2)               # m1 and m2 reached the channel, their PONG did not
+    assert h.journal.done == {entries[0].seq} and h.acked == [entries[0]]
+    h.post(N, "#ops m5")              # newer: must come after every resent one
+    h.irc.attempts.clear()
+    h.clock.advance(0.5)
+    assert h.irc.attempts == []       # still down
+    h.irc.connect()
+    sent = texts((t, lines) for t, lines in h.irc.attempts)
+    assert [t for t in sent if t != "j0"] == ["m1", "m2", "m3", "m4", "m5"] and "j0" in sent
+    assert h.journal.done == {entries[0].seq}
+    h.irc.confirm()
+    assert [e.record["text"] for e in h.acked if e.record["from"] == N] == [
+        f"#ops m{i}" for i in range(6)]
+    assert [t for t in texts(h.irc.confirmed) if t != "j0"] == [f"m{i}" for i in range(6)]
+    assert len(h.journal.done) == 7
+
+
+def test_not_waiting_for_the_journal_fsync(h: Harness) -> None:
+    fsyncs: list[Deferred] = []
+
+    def mark_done(seq: int) -> Deferred:
+        h.journal.done.add(seq)
+        fsyncs.append(Deferred())
+        return fsyncs[-1]
+
+    h.journal.mark_done = mark_done
+    entries = [h.post(N, f"#ops m{i}") for i in range(3)]
+    assert texts(h.irc.shown) == ["m0", "m1", "m2"] and h.acked == entries
+    assert not any(d.called for d in fsyncs)
+
+
+def test_another_target_waits_until_the_earlier_ones_are_confirmed(h: Harness) -> None:
+    h.irc.mode = "hold"
+    h.post(N, "#ops a")
+    h.post(N, "#ops b")
+    h.post(N, "#dev c")
+    assert texts(h.irc.held) == ["a", "b"]
+    h.irc.confirm(1)
+    assert texts(h.irc.held) == ["b"]
+    h.irc.confirm(1)
+    assert texts(h.irc.held) == ["c"]
+
+
+def test_refused_mid_pipeline_falls_back_in_order(h: Harness) -> None:
+    h.routes.record(STRANGER, "not a nick")
+    h.irc.present.add("not a nick")   # its deliver refuses the target
+    h.irc.mode = "hold"
+    h.post(STRANGER, "#ops before")
+    h.post(STRANGER, "one")
+    h.post(STRANGER, "two")
+    while h.irc.held:
+        h.irc.confirm()
+    assert h.lines("#ops") == [
+        "[SMS] <+44 79** ***999> before",
+        "[SMS] <+44 79** ***999> one", "(for not a nick, who cannot be messaged)",
+        "[SMS] <+44 79** ***999> two", "(for not a nick, who cannot be messaged)"]
+    assert len(h.acked) == 3
 
 
 def test_not_delivered_is_retried_and_not_marked_done(h: Harness) -> None:
@@ -303,7 +446,7 @@ def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
     h.irc.confirm(1)          # m0 confirmed (and marked done)
     clock.advance(0)
     assert journal.backlog == 3
-    # m1 (niemeyer) and m3 (joe) are in flight, m2 waits behind m1: crash now.
+    # m1, m2 (niemeyer, pipelined) and m3 (joe) are in flight: crash now.
     survivors = Journal.open(str(tmp_path / "journal"), reactor=clock)
     assert [e.record["text"] for e in survivors.pending()] == ["#ops m1", "#ops m2", "#ops m3"]
     h2 = Harness(tmp_path, journal=survivors)
@@ -311,36 +454,44 @@ def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
     h2.start()
     clock.advance(0)
     assert [line for line in h2.lines("#ops") if line.startswith("[SMS]")] == [
-        "[SMS] <niemeyer> m1", "[SMS] <joe> m3", "[SMS] <niemeyer> m2"]
+        "[SMS] <niemeyer> m1", "[SMS] <niemeyer> m2", "[SMS] <joe> m3"]
     clock.advance(0)
     assert survivors.backlog == 0
     third = Journal.open(str(tmp_path / "journal"), reactor=clock)
     assert third.pending() == []
 
 
-# Property: whatever IRC does (down, failing, slow), every message is shown, in order per
-# sender, and marked done only once shown.
+# Property: whatever IRC does (down, failing, slow, dropping the connection mid-pipeline),
+# every message is shown, in order per sender, marked done only once its delivery was
+# confirmed, and handed to on_delivered once, in order per sender.
 
+posts = st.tuples(st.just("post"), st.integers(0, 2), st.sampled_from(["#ops", "#ops", "#dev"]))
 events = st.lists(st.one_of(
-    st.tuples(st.just("post"), st.integers(0, 2)),
+    posts, posts, posts,
     st.tuples(st.just("irc"), st.sampled_from(["down", "up", "fail", "confirm", "hold"])),
     st.tuples(st.just("confirm"), st.integers(1, 3)),
+    st.tuples(st.just("drop"), st.integers(0, 3), st.booleans()),
     st.tuples(st.just("time"), st.floats(0, 5)),
 ), max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
-@given(events)
-def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, script) -> None:
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(1, 4), st.sampled_from(["confirm", "hold"]))
+@example(script=[("post", 0, "#ops")] * 3 + [("drop", 0, True), ("post", 0, "#ops")],
+         pipeline=4, mode="hold")   # the newer one must not overtake those sent again
+def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, script,
+                                                           pipeline, mode) -> None:
     h = Harness(tmp_path_factory.mktemp("p"))
+    h.delivery.pipeline = pipeline
+    h.irc.mode = mode
     h.start()
     senders = [N, J, STRANGER]
     posted: dict[int, list[str]] = {0: [], 1: [], 2: []}
-    for kind, arg in script:
+    for kind, arg, *more in script:
         if kind == "post":
             text = f"m{len(posted[arg])}"
             posted[arg].append(text)
-            h.post(senders[arg], f"#ops s{arg} {text}")
+            h.post(senders[arg], f"{more[0]} s{arg} {text}")
         elif kind == "irc":
             if arg == "down":
                 h.irc.connected = False
@@ -352,22 +503,28 @@ def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, scri
                 h.irc.mode = arg
         elif kind == "confirm":
             h.irc.confirm(arg)
+        elif kind == "drop":
+            h.irc.drop(shown=arg)
+            if more[0]:   # and connected again at once
+                h.irc.connect()
         else:
             h.clock.advance(arg)
-        # Marked done only once shown.
-        shown_keys = {line.split("> ", 1)[1] for _, line in h.irc.shown if "> " in line}
+        # Marked done only once its delivery was confirmed.
+        confirmed = set(texts(h.irc.confirmed))
         for entry in h.journal.entries.values():
             if entry.seq in h.journal.done:
-                text = entry.record["text"].removeprefix("#ops ")
-                assert text in shown_keys
+                assert entry.record["text"].split(" ", 1)[1] in confirmed
     # Let everything through.
     h.irc.mode = "confirm"
     h.irc.connect()
     for _ in range(30):
         h.irc.confirm()
         h.clock.advance(30)
-    shown = [line.split("> ", 1)[1] for _, line in h.irc.shown if line.startswith("[SMS]")]
-    for n, texts in posted.items():
+    shown = texts(h.irc.shown)
+    for n, sent in posted.items():
         firsts = list(dict.fromkeys(t.split(" ", 1)[1] for t in shown if t.startswith(f"s{n} ")))
-        assert firsts == texts
+        assert firsts == sent
+        acked = [e.record["text"].split(" ", 2)[2] for e in h.acked
+                 if e.record["from"] == senders[n]]
+        assert acked == sent
     assert len(h.journal.done) == sum(map(len, posted.values()))
