@@ -324,3 +324,58 @@ def test_twilio_messaging_service():
     assert result_of(gw.send(NUMBER, "hi")).status == "accepted"
     assert fake.messages[0]["messaging_service_sid"] == "MG123"
     assert json.loads(json.dumps(fake.messages[0]))["from"] is None
+
+
+# --- The real client speaks treq's request API as treq does ----------------------------------
+
+class Recorder(Resource):
+    """Answers every request with a fixed body and remembers what it was asked."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def render(self, request):
+        self.seen.append((request.method, request.uri,
+                          request.requestHeaders.getRawHeaders(b"authorization"),
+                          request.requestHeaders.getRawHeaders(b"content-type"),
+                          request.requestHeaders.getRawHeaders(b"accept"),
+                          request.content.read()))
+        request.setResponseCode(202)
+        return "0: Accepted for delivery ✓".encode()
+
+
+@pytest.mark.parametrize(("method", "url", "kwargs"), [
+    ("GET", "http://gw.example/cgi-bin/sendsms",
+     {"params": [("to", "+447911123456"), ("text", "joe> a b&c=d %d ✓ +"), ("coding", "2")]}),
+    ("GET", "http://gw.example/x?a=1", {"params": [("b", "2")]}),
+    ("GET", "http://gw.example/plain", {}),
+    ("POST", "https://gw.example/2010-04-01/Accounts/AC1/Messages.json",
+     {"data": [("To", "+447911123456"), ("Body", "héllo & +")], "auth": ("AC1", "tök"),
+      "headers": {"Accept": "application/json"}}),
+    ("POST", "https://gw.example/sms", {"data": {"username": "u", "message": "a b"}}),
+])
+def test_agent_client_asks_what_treq_asks(method, url, kwargs):
+    from treq.testing import RequestTraversalAgent
+
+    from mup.gateways import AgentHTTP
+
+    answers = []
+    for client_of in (StubTreq, lambda r: AgentHTTP(RequestTraversalAgent(r))):
+        recorder = Recorder()
+        client = client_of(recorder)
+        got: list = []
+
+        async def ask(client=client, got=got):
+            response = await client.request(method, url, **kwargs)
+            got.append((response.code, await response.content()))
+
+        defer.ensureDeferred(ask()).addErrback(got.append)
+        if hasattr(client, "flush"):
+            client.flush()
+        assert len(got) == 1 and isinstance(got[0], tuple), got
+        answers.append((recorder.seen, got))
+    assert answers[0] == answers[1]
+    assert answers[0][1] == [(202, "0: Accepted for delivery ✓".encode())]
