@@ -168,3 +168,38 @@ def test_fuzz_twilio_signed_forms(params, path, sign) -> None:
         return
     assert sign
     _no_control_in_ids(item)
+
+
+# -- the query/form parser on every Kannel post ------------------------------------------------
+
+@pytest.mark.parametrize(("query", "expected"), [
+    (b"", {}),
+    (b"a=1&b=2", {"a": b"1", "b": b"2"}),
+    (b"text=%23ops+hi%0D%0A", {"text": b"#ops hi\r\n"}),
+    (b"from=%2B4477", {"from": b"+4477"}),
+    (b"a=1&&a=2&", {"a": b"2"}),                      # empty fields skipped, last value wins
+    (b"flag&x=", {"flag": b"", "x": b""}),
+    (b"na%6De=v=w", {"name": b"v=w"}),                # only the first = splits
+    (b"t=%FF%FE%zz%", {"t": b"\xff\xfe%zz%"}),        # raw bytes kept, bad escapes as they are
+    (b"%FF=1", {"\ufffd": b"1"}),
+    (b"&" * 500 + b"a=1", {"a": b"1"}),               # empty fields do not count
+])
+def test_params_table(query: bytes, expected: dict) -> None:
+    assert Posted("GET", b"/kannel/mo?" + query).query_params() == expected
+
+
+def test_params_more_than_max_fields_is_malformed() -> None:
+    from mup.gateways.inbound import MAX_FIELDS
+
+    ok = b"&".join(b"f%d=1" % i for i in range(MAX_FIELDS))
+    assert len(Posted("GET", b"/?" + ok).query_params()) == MAX_FIELDS
+    with pytest.raises(Malformed):
+        Posted("GET", b"/?" + ok + b"&one=more").query_params()
+
+
+@given(st.lists(st.tuples(st.binary(max_size=12), st.binary(max_size=12)), max_size=20))
+def test_params_read_back_what_was_encoded(pairs: list[tuple[bytes, bytes]]) -> None:
+    query = b"&".join(quote_from_bytes(k).encode() + b"=" + quote_from_bytes(v).encode()
+                      for k, v in pairs)
+    expected = {k.decode("utf-8", "replace"): v for k, v in pairs}
+    assert Posted("GET", b"/?" + query).query_params() == expected

@@ -78,21 +78,28 @@ class Posted:
 
 
 def _params(data: bytes) -> dict[str, bytes]:
-    """Percent-decode ``a=1&b=2`` to raw bytes (``parse_qsl`` would decode them as UTF-8)."""
-    fields = [f for f in data.split(b"&") if f]
-    if len(fields) > MAX_FIELDS:
+    """Percent-decode ``a=1&b=2`` to raw bytes (``parse_qsl`` would decode them as UTF-8).
+
+    On every post a gateway makes, so: fields without ``%`` or ``+`` are taken as they are,
+    and the test is ``int in bytes`` (a plain memchr; ``b"%" in`` goes through the buffer
+    protocol and costs several times more)."""
+    fields = data.split(b"&")
+    if len(fields) > MAX_FIELDS and sum(1 for f in fields if f) > MAX_FIELDS:
         raise Malformed(f"more than {MAX_FIELDS} parameters")
     params = {}
     for item in fields:
+        if not item:
+            continue
         name, _, value = item.partition(b"=")
-        params[_unquote(name).decode("utf-8", "replace")] = _unquote(value)
+        if _PERCENT in value or _PLUS in value:
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        if _PERCENT in name or _PLUS in name:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+        params[name.decode("utf-8", "replace")] = value
     return params
 
 
-def _unquote(data: bytes) -> bytes:
-    if b"%" in data or b"+" in data:
-        return unquote_to_bytes(data.replace(b"+", b" "))
-    return data
+_PERCENT, _PLUS = ord("%"), ord("+")
 
 
 def form_params(body: bytes) -> list[tuple[str, str]]:
