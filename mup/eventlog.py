@@ -22,7 +22,8 @@ log = Logger()
 class EventLog:
     """``path`` as JSON lines.  Each append is flushed to the OS at once (a crash of the process
     loses nothing); with a ``clock``, an fsync follows within ``sync_delay`` seconds, one for
-    all the appends in between, so the sending path does not wait for the disk."""
+    all the appends in between, so the sending path does not wait for the disk (and, when
+    the clock is a reactor with threads, neither does anything else)."""
 
     def __init__(self, path: str, clock: Any = None, sync_delay: float = 0.05) -> None:
         self.path = path
@@ -62,8 +63,24 @@ class EventLog:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
         if self._clock is not None and self._sync_call is None:
-            self._sync_call = self._clock.callLater(self.sync_delay, self.sync)
+            self._sync_call = self._clock.callLater(self.sync_delay, self._sync_soon)
         self.lines += 1
+
+    def _sync_soon(self) -> None:
+        """The timed fsync: in a thread of the reactor's pool where there is one (an fsync
+        blocks for milliseconds, and the reactor would answer nobody meanwhile), on a
+        duplicate of the file descriptor so that closing the file cannot race it."""
+        self._sync_call = None
+        call_in_thread = getattr(self._clock, "callInThread", None)
+        if self._file is None or call_in_thread is None:
+            self.sync()
+            return
+        try:
+            fd = os.dup(self._file.fileno())
+        except OSError:
+            self.sync()
+            return
+        call_in_thread(_fsync_and_close, fd, self.path)
 
     def sync(self) -> None:
         """fsync what was appended (called by the clock; call it before stopping)."""
@@ -98,3 +115,12 @@ class EventLog:
             self.sync()
             self._file.close()
             self._file = None
+
+
+def _fsync_and_close(fd: int, path: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        log.warn("{path}: fsync failed: {error}", path=path, error=e)
+    finally:
+        os.close(fd)

@@ -138,3 +138,39 @@ def test_unwritable_state_refuses_and_takes_nothing(tmp_path):
     assert q.used("joe") == 0
     (tmp_path / "sms-quota.jsonl").rmdir()
     assert q.reserve("joe", 5) is None  # the bucket was not drained by the failure
+
+
+class ThreadedClock(Clock):
+    """A Clock that is also a reactor with threads: work handed to a thread is kept here."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_thread = []
+
+    def callInThread(self, f, *args):  # noqa: N802 - the reactor's name
+        self.in_thread.append((f, args))
+
+
+def test_the_timed_fsync_runs_in_a_thread_on_its_own_descriptor(tmp_path, monkeypatch):
+    import os
+
+    clock = ThreadedClock()
+    clock.advance(MIDDAY)
+    q = make(tmp_path, clock)
+    q.reserve("joe", 1)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    clock.advance(0.05)
+    assert synced == [] and len(clock.in_thread) == 1  # nothing blocked the reactor
+    q._log.close()  # the file may close before the thread runs: the thread has its own fd
+    assert len(synced) == 1  # close() syncs at once, in place
+    f, args = clock.in_thread[0]
+    f(*args)
+    assert synced[1] == args[0]
+    try:
+        os.fstat(args[0])
+        raise AssertionError("the thread's descriptor was left open")
+    except OSError:
+        pass
+    assert make(tmp_path, Clock()).used("joe") == 1
