@@ -10,6 +10,7 @@ bot and mup-relay.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any, Callable, Mapping
 
@@ -232,6 +233,21 @@ def _limited_request(max_body: int) -> type[Request]:
     return type("LimitedRequest", (_LimitedRequest,), {"max_body": max_body})
 
 
+_frozen = False
+
+
+def _freeze_start_up_heap() -> None:
+    """Once per process, when the receiver starts listening: move what start-up built (modules,
+    the journal's recovered backlog) out of the cyclic collector's reach (``gc.freeze``).  It
+    lives as long as the process, yet every full collection, which the accept path's
+    allocations trigger now and then, would walk it again: tens of milliseconds with the
+    reactor stopped, the receiver's p99.  Frozen objects are still freed by reference count."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 class WebhookService(Service):
     """Listens on a Twisted server endpoint string (``tcp:port=8080:interface=127.0.0.1``,
     ``ssl:...``) with ``site``; ``listening`` fires with the port (tests read the number)."""
@@ -250,6 +266,7 @@ class WebhookService(Service):
 
         def listened(port: IListeningPort) -> None:
             self.port = port
+            _freeze_start_up_heap()
             log.info("webhook receiver listening on {address}", address=port.getHost())
             self.listening.callback(port)
 
