@@ -15,8 +15,10 @@ Prints, measured in the same run:
    until the relay has every acknowledgement.
 3. With the default flood control (``line_burst``/``line_rate`` from the schema): the steady
    interval between messages on a ``--flood-sample`` backlog, the bound it should follow
-   (each SMS costs its PRIVMSG and the confirming PING: 2 lines / ``line_rate``), and the
-   drain time of ``--backlog`` that bound implies (not waited for: hours).
+   (each SMS costs its PRIVMSG, and delivery pipelines up to ``mup.delivery.PIPELINE``
+   messages per sender, which share one confirming PING: (1 + 1/PIPELINE) lines /
+   ``line_rate``; it was 2 lines when each SMS waited for its own PONG), and the drain time
+   of ``--backlog`` that bound implies (not waited for: hours).
 
 Two shared cores: the relay, the bot, ngircd, the posting threads and the journal threads
 compete; expect +-20 % between runs on latency and drain.
@@ -39,6 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from mup.config import SCHEMA  # noqa: E402
+from mup.delivery import PIPELINE  # noqa: E402
 from mup.testing.ircclient import LineClient  # noqa: E402
 from mup.testing.ngircd import Ngircd  # noqa: E402
 from mup.testing.process import ServerProcess, free_port, twistd_argv, wait_for  # noqa: E402
@@ -219,13 +222,16 @@ def main() -> None:
                             timeout=30 + 3 * args.flood_sample / rate)
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         steady = statistics.median(gaps[len(gaps) // 2:])
-        per_message = 2 / rate
+        lines_per_sms = 1 + 1 / PIPELINE
+        per_message = lines_per_sms / rate
         print(f"\n3. Default flood control (line_burst = {burst}, line_rate = {rate}/s); "
-              "each SMS costs its PRIVMSG and the PING that confirms it:")
+              f"each SMS costs its PRIVMSG, and up to {PIPELINE} pipelined SMS of a sender "
+              "share one confirming PING:")
         print(f"   {args.flood_sample}-message backlog: last on IRC {times[-1] - launched:.1f} s "
               f"after launch; steady interval {steady:.2f} s per message (bound "
-              f"{per_message:.2f} s = 2 lines / {rate}/s)")
-        bound = max(0.0, 2 * args.backlog - burst) / rate
+              f"{per_message:.2f} s = {lines_per_sms:.3f} lines / {rate}/s; one PING per SMS, "
+              f"as before pipelining: {2 / rate:.2f} s)")
+        bound = max(0.0, lines_per_sms * args.backlog - burst) / rate
         print(f"   => a {args.backlog}-message backlog drains in about {bound:.0f} s "
               f"({bound / 3600:.1f} h) at the default rate (measured rate extrapolated: "
               f"{args.backlog * steady:.0f} s)")
