@@ -553,3 +553,15 @@ def test_embedded_server_answers_other_requests_through_ldaptor(tmp_path):
     assert [(m.id, type(m.value).__name__) for m in answers] == [
         (1, "LDAPBindResponse"), (2, "LDAPSearchResultEntry"), (2, "LDAPSearchResultDone")]
     assert answers[1].value.attributes == [(b"cn", [b"Gustavo Niemeyer"])]
+
+
+@pytest.mark.parametrize("key", ["cn", "CN", b"cn", b"Cn", "mozillanickname", b"MOBILE", "mail",
+                                 "nosuch", b"nosuch", "objectClass", b"objectclass"])
+def test_embedded_entry_get_agrees_with_ldaptor(key):
+    from ldaptor.entry import BaseLDAPEntry
+
+    root = load_ldif(str(ROOT_DATA / "people.ldif"))
+    for entry in root.subtree().result:
+        assert entry.get(key) is BaseLDAPEntry.get(entry, key)
+        assert entry.get(key, "x") == BaseLDAPEntry.get(entry, key, "x")
+        assert (key in entry) == BaseLDAPEntry.has_key(entry, key)
