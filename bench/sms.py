@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--slapd", action="store_true",
                         help="look people up in a real slapd instead of the embedded LDIF")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="mup-bench-sms-"))
     stoppers = []
     try:
@@ -222,6 +223,9 @@ def main() -> int:
         where = "slapd" if args.slapd else "the embedded LDIF directory"
         print(f"bench/sms.py: {args.sends} sends each, interleaved, people in {where}; "
               f"{os.cpu_count()} cores shared with ngircd, Kannel, the bot and this client")
+        print(f"load average (1 min) before the run {load_before:.2f}, after "
+              f"{os.getloadavg()[0]:.2f}: above ~1 other work competes for the cores and "
+              "every figure grows (the sms path wakes four processes in turn)")
         print(row("kannel sendsms (floor)", floor))
         print(row("@echo round trip (IRC)", echo))
         print(row("@poke (IRC + 1 lookup)", poke))
