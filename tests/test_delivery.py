@@ -528,3 +528,112 @@ def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, scri
                  if e.record["from"] == senders[n]]
         assert acked == sent
     assert len(h.journal.done) == sum(map(len, posted.values()))
+
+
+# With the real IRC protocol on a StringTransport: the pipeline shares PINGs behind flood
+# control, and a connection lost mid-pipeline has the unconfirmed messages sent again.
+
+class Wire:
+    """mup's IRCService and IRCProtocol on StringTransports, one per connection."""
+
+    def __init__(self, **irc) -> None:
+        from mup.commands import Commands
+        from mup.config import parse as parse_config
+        from mup.irc import IRCService
+
+        self.clock = Clock()
+        config = parse_config({"irc": {"channels": ["#ops"], "ping_interval": 10_000.0, **irc}})
+        self.service = IRCService(config, Commands([]), self.clock)
+        self.connect()
+        self.sent()
+
+    def connect(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from mup.irc import IRCProtocol
+
+        self.protocol = IRCProtocol(self.service)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.feed(":irc.test 001 mup :Welcome", ":mup!~mup@127.0.0.1 JOIN #ops",
+                  ":irc.test 366 mup #ops :End")
+
+    def feed(self, *lines: str) -> None:
+        for line in lines:
+            self.protocol.dataReceived(line.encode() + b"\r\n")
+
+    def sent(self) -> list[str]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [line for line in data.decode().split("\r\n") if line]
+
+    def pong(self, ping: str) -> None:
+        self.feed(f":irc.test PONG irc.test :{ping.split()[1]}")
+
+    def lose(self) -> None:
+        from twisted.python.failure import Failure
+
+        self.protocol.connectionLost(Failure(ConnectionError("gone")))
+
+
+def wire_delivery(tmp_path, wire: Wire) -> tuple[Delivery, FakeJournal, list]:
+    router = Router(channels=["#ops"], default_channel="#ops", unknown_senders="mask",
+                    region="GB", directory=FakeDirectory([NIEMEYER, JOE]),
+                    routes=ReplyRoutes(str(tmp_path), 12 * 3600, wire.clock),
+                    is_present=wire.service.is_present)
+    journal, acked = FakeJournal(), []
+    delivery = Delivery(journal, wire.service, router, clock=wire.clock, hint=False,
+                        on_delivered=acked.append)
+    delivery.startService()
+    return delivery, journal, acked
+
+
+def wire_post(delivery: Delivery, journal: FakeJournal, clock: Clock, text: str):
+    key, record = journal_entry(InboundSMS("kannel", text, N, "4242", f"#ops {text}",
+                                           clock.seconds()))
+    entry = _sync.successResultOf(journal.append(key, record))
+    delivery.accept(entry)
+    return entry
+
+
+def test_real_protocol_pipelined_messages_share_one_ping(tmp_path) -> None:
+    wire = Wire(line_burst=3, line_rate=1.0)
+    wire.clock.advance(10)   # a full bucket
+    delivery, journal, acked = wire_delivery(tmp_path, wire)
+    entries = [wire_post(delivery, journal, wire.clock, f"m{i}") for i in range(5)]
+    wire.clock.pump([1.0] * 5)
+    lines = wire.sent()
+    assert [line for line in lines if line.startswith("PRIVMSG")] == [
+        f"PRIVMSG #ops :[SMS] <niemeyer> m{i}" for i in range(5)]
+    # m0 and its PING went at once; m1..m4 queued behind the flood control share one PING.
+    pings = [line for line in lines if line.startswith("PING")]
+    assert len(pings) == 2 and lines[-1] == pings[-1] and journal.done == set()
+    wire.pong(pings[0])
+    assert acked == entries[:1]
+    wire.pong(pings[1])
+    assert journal.done == {e.seq for e in entries} and acked == entries
+
+
+def test_real_protocol_connection_lost_mid_pipeline(tmp_path) -> None:
+    wire = Wire(line_rate=0)
+    delivery, journal, acked = wire_delivery(tmp_path, wire)
+    entries = [wire_post(delivery, journal, wire.clock, f"m{i}") for i in range(4)]
+    lines = wire.sent()
+    assert [line for line in lines if line.startswith("PRIVMSG")] == [
+        f"PRIVMSG #ops :[SMS] <niemeyer> m{i}" for i in range(4)]   # before any PONG
+    pings = [line for line in lines if line.startswith("PING")]
+    wire.pong(pings[0])
+    assert journal.done == {entries[0].seq} and acked == entries[:1]
+    wire.lose()
+    newer = wire_post(delivery, journal, wire.clock, "m4")
+    wire.clock.advance(1)
+    assert journal.done == {entries[0].seq}
+    wire.connect()
+    wire.clock.advance(0)
+    lines = wire.sent()
+    assert [line for line in lines if line.startswith("PRIVMSG")] == [
+        f"PRIVMSG #ops :[SMS] <niemeyer> m{i}" for i in range(1, 5)]
+    assert journal.done == {entries[0].seq}
+    for ping in [line for line in lines if line.startswith("PING")]:
+        wire.pong(ping)
+    assert acked == [*entries, newer] and len(journal.done) == 5
