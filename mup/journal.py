@@ -131,6 +131,33 @@ def _encode(kind: bytes, body: Any) -> bytes:
     return kind + _ENCODER.encode(body).encode("ascii")
 
 
+class _NotPlain(Exception):
+    pass
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain_copy(value: Any) -> Any:
+    """A deep copy of ``value`` if it holds only JSON's own types (dicts with str keys, lists,
+    str, int, float, bool, None), which read back from JSON as equal values of the same types;
+    raises :class:`_NotPlain` for anything else.  Several times cheaper than decoding the JSON
+    just written, on every append (the caller has already refused NaN and infinities)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotPlain
+            out[k] = v if type(v) in _SCALARS else _plain_copy(v)
+        return out
+    if kind is list:
+        return [_plain_copy(v) for v in value]
+    raise _NotPlain
+
+
 def _scan(data: bytes, start: int) -> tuple[list[bytes], int, int]:
     """Parse frames from ``start``: (payloads, damaged stretches skipped, end of last good frame).
 
@@ -644,8 +671,13 @@ class Journal:
         if len(payload) > MAX_RECORD:
             return defer.fail(ValueError(f"journal record too large: {len(payload)} bytes"))
         self._next_seq += 1
-        # The record as it will read back after a restart (tuples become lists, and so on).
-        entry = Entry(seq, key, _DECODER.decode(payload[1:].decode("ascii"))[3], now)
+        # The record as it will read back after a restart (tuples become lists, and so on), and
+        # a copy, so the caller changing its dict later changes neither.
+        try:
+            copy = _plain_copy(record)
+        except (_NotPlain, RecursionError):
+            copy = _DECODER.decode(payload[1:].decode("ascii"))[3]
+        entry = Entry(seq, key, copy, now)
         item = _Item("a", seq, _frame(payload), defer.Deferred(), key=key, entry=entry)
         self._inflight[key] = item
         self._queue.append(item)

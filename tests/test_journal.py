@@ -919,3 +919,57 @@ def test_property_nothing_acknowledged_is_lost(tmp_path_factory: Any, ops: list)
     j = open_journal(path, clock, **kw)
     check()
     j.close()
+
+
+# -- the entry's record is what reads back after a restart --------------------------------------
+
+class _Text(str):
+    pass
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5) | st.builds(_Text, st.text(max_size=3)),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
+    | st.dictionaries(st.text(max_size=3) | st.integers(0, 9), inner, max_size=3),
+    max_leaves=12)
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with its types spelled out, so 1 and 1.0 and True differ when compared."""
+    if isinstance(value, dict):
+        return ("dict", [(type(k).__name__, k, _typed(v)) for k, v in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [_typed(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.dictionaries(st.text(max_size=4), _json_values, max_size=4))
+def test_entry_record_is_what_reads_back(tmp_path_factory, record: dict) -> None:
+    path = tmp_path_factory.mktemp("j")
+    clock = Clock()
+    j = open_journal(path, clock)
+    got = results([j.append("k", record)])
+    clock.advance(0)
+    (entry,) = got
+    j.close()
+    j = open_journal(path, clock)
+    (back,) = j.pending()
+    j.close()
+    assert _typed(entry.record) == _typed(back.record)
+
+
+def test_entry_record_is_a_copy(tmp_path: Path) -> None:
+    clock = Clock()
+    j = open_journal(tmp_path, clock)
+    record = {"text": "hi", "extra": {"coding": "0"}, "list": [1, {"a": 2}]}
+    got = results([j.append("k", record)])
+    clock.advance(0)
+    (entry,) = got
+    record["text"] = "changed"
+    record["extra"]["coding"] = "2"
+    record["list"][1]["a"] = 3
+    assert entry.record == {"text": "hi", "extra": {"coding": "0"}, "list": [1, {"a": 2}]}
+    j.close()
