@@ -6,6 +6,7 @@ import base64
 import re
 import socket
 import time
+from typing import Callable
 
 from mup.ircmsg import decode
 
@@ -53,19 +54,17 @@ class LineClient:
     def expect_raw(self, pattern: str | bytes, timeout: float = 10.0) -> bytes:
         """Read until a raw line (CR LF included) matches ``pattern``; return it."""
         regex = re.compile(pattern if isinstance(pattern, bytes) else pattern.encode("utf-8"))
-        deadline = time.monotonic() + timeout
-        while True:
-            raw = self.read_raw(deadline - time.monotonic())
-            if raw is None:
-                recent = b"\n".join(self.lines[-10:]).decode("utf-8", "replace")
-                raise TimeoutError(f"{self.nick}: no line matching {pattern!r} within "
-                                   f"{timeout}s; last lines:\n{recent}")
-            if regex.search(raw):
-                return raw
+        return self._read_until(regex.search, pattern, timeout)
 
     def expect(self, pattern: str, timeout: float = 10.0) -> str:
         """Read until a line matches the regex ``pattern``; return it decoded, without CR LF."""
         regex = re.compile(pattern)
+        raw = self._read_until(lambda raw: regex.search(decode(raw.rstrip(b"\r\n"))),
+                               pattern, timeout)
+        return decode(raw.rstrip(b"\r\n"))
+
+    def _read_until(self, matches: Callable[[bytes], object], pattern: str | bytes,
+                    timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         while True:
             raw = self.read_raw(deadline - time.monotonic())
@@ -73,9 +72,8 @@ class LineClient:
                 recent = b"\n".join(self.lines[-10:]).decode("utf-8", "replace")
                 raise TimeoutError(f"{self.nick}: no line matching {pattern!r} within "
                                    f"{timeout}s; last lines:\n{recent}")
-            line = decode(raw.rstrip(b"\r\n"))
-            if regex.search(line):
-                return line
+            if matches(raw):
+                return raw
 
     def register(self, caps: tuple[str, ...] = (), sasl: tuple[str, str] | None = None,
                  timeout: float = 10.0) -> str:
