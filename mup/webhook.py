@@ -272,8 +272,8 @@ class WebhookService(Service):
 
         def failed(f: Any) -> None:
             failure.append(f)
-            log.failure("webhook receiver cannot listen on {endpoint}", f,
-                        endpoint=self.endpoint)
+            log.error("webhook receiver cannot listen on {endpoint}: {why}",
+                      endpoint=self.endpoint, why=f.getErrorMessage())
             self.listening.errback(f)
 
         d.addCallbacks(listened, failed)

@@ -65,3 +65,24 @@ def test_a_journal_in_use_is_one_clear_line(tmp_path):
     assert result.stderr.startswith("mup: "), result.stderr
     assert f"pid {os.getpid()}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    from mup.testing.process import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "mup.toml"
+        path.write_text(f'[irc]\nchannels = ["#ops"]\n'
+                        f'endpoint = "tcp:host=127.0.0.1:port={free_port()}"\n'
+                        f'[webhook]\nendpoint = "tcp:port={port}:interface=127.0.0.1"\n'
+                        f'journal = "{tmp_path / "inbound"}"\n[state]\ndirectory = "{tmp_path}"\n')
+        result = twistd("-n", "--pidfile=", "mup", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("mup: Couldn't listen on 127.0.0.1:"), result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

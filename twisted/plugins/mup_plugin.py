@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -30,10 +30,31 @@ def _make(name: str, path: str, make):
         config = load(path)
         service = make(config)
         LevelFilterService(config.log.level).setServiceParent(service)
-        return service
     except (ConfigError, JournalError) as e:  # JournalError: locked by another process
         sys.stderr.write(f"{name}: {e}\n")
         raise SystemExit(1) from None
+    top = _StartOrExit(name)
+    service.setServiceParent(top)
+    return top
+
+
+class _StartOrExit(MultiService):
+    """A port that cannot be opened at start (already in use, no permission) is one line on
+    stderr and exit status 1, like a config error, not a traceback."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def startService(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            super().startService()
+        except CannotListenError as e:
+            # twistd has redirected sys.stderr into the log by now: write to the real one.
+            (sys.__stderr__ or sys.stderr).write(f"{self._name}: {e}\n")
+            raise SystemExit(1) from None
 
 
 @implementer(IServiceMaker, IPlugin)
