@@ -160,6 +160,19 @@ def _ber_int(tag: int, value: int) -> bytes:
     return _tlv(tag, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
 
 
+def _octet_strings(data: bytes, pos: int, stop: int) -> list[bytes] | None:
+    """The OCTET STRINGs that exactly fill ``data[pos:stop]``, or None if anything else is
+    there (attribute values, requested attribute names)."""
+    values = []
+    while pos < stop:
+        tag, start, end = _read(data, pos)
+        if tag != 0x04:
+            return None
+        values.append(data[start:end])
+        pos = end
+    return values if pos == stop else None
+
+
 def _read(data: bytes, pos: int) -> tuple[int, int, int]:
     """The TLV at ``pos``: (tag, start of content, end of content)."""
     tag, n = data[pos], data[pos + 1]
@@ -234,13 +247,9 @@ def decode_search_response(message: bytes) -> tuple[int, Any] | None:
                 tag_set, w, z = _read(message, v)
                 if (tag, tag_type, tag_set) != (0x30, 0x04, 0x31) or z != r:
                     return None
-                values = []
-                while w < z:
-                    tag, c, d = _read(message, w)
-                    if tag != 0x04:
-                        return None
-                    values.append(message[c:d])
-                    w = d
+                values = _octet_strings(message, w, z)
+                if values is None:
+                    return None
                 attributes.append((message[u:v], values))
                 p = r
             return msg_id, pureldap.LDAPSearchResultEntry(objectName=dn, attributes=attributes)
@@ -342,14 +351,8 @@ def decode_search_request(message: bytes) -> _Message | None:
         tag, a, b = _read(message, pos)
         if tag != 0x30 or b != stop:
             return None
-        attributes = []
-        while a < b:
-            tag, x, y = _read(message, a)
-            if tag != 0x04:
-                return None
-            attributes.append(message[x:y])
-            a = y
-        if a != b:
+        attributes = _octet_strings(message, a, b)
+        if attributes is None:
             return None
         base, scope, deref, size, limit, (t, u) = fields
         if t == u:
