@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from collections import Counter
 
-from mup.testing.process import free_port, wait_for
+from mup.testing.process import free_port, taken_port, wait_for
 
 TOKEN = "crash-token"
 SENDERS = ["+15555550101", "+15555550102", "+15555550103", "+15555550104"]
@@ -112,15 +112,11 @@ def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_p
 
 def test_a_webhook_port_in_use_stops_the_bot_at_once(tmp_path):
     """Not a hang: the journal's writer thread, started before, must not keep twistd alive."""
-    import socket
     import subprocess
 
     from mup.testing.process import twistd_argv
 
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with taken_port() as port:
         config = tmp_path / "mup.toml"
         config.write_text(f"""
 [irc]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from mup.testing.process import twistd_argv
+from mup.testing.process import free_port, taken_port, twistd_argv
 
 
 def twistd(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -68,14 +68,7 @@ def test_a_journal_in_use_is_one_clear_line(tmp_path):
 
 
 def test_a_port_in_use_is_one_clear_line(tmp_path):
-    import socket
-
-    from mup.testing.process import free_port
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         path = tmp_path / "mup.toml"
         path.write_text(f'[irc]\nchannels = ["#ops"]\n'
                         f'endpoint = "tcp:host=127.0.0.1:port={free_port()}"\n'

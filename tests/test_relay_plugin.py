@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from mup.testing.process import twistd_argv
+from mup.testing.process import taken_port, twistd_argv
 
 
 def twistd(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -60,12 +60,7 @@ def test_the_bots_relay_settings_are_checked_at_start(tmp_path, inbound, message
 
 def test_a_relay_whose_port_is_taken_exits_instead_of_hanging(tmp_path):
     """The journal's writer thread must not keep a failed start-up alive."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         path = tmp_path / "relay.toml"
         path.write_text(f'[webhook]\nendpoint = "tcp:port={port}:interface=127.0.0.1"\n'
                         f'journal = "{tmp_path / "journal"}"\n[relay]\ntoken = "t"\n')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,9 +10,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-__all__ = ["ServerProcess", "free_port", "missing_binary", "require_binary", "twistd_argv"]
+__all__ = ["ServerProcess", "free_port", "missing_binary", "require_binary", "taken_port",
+           "twistd_argv"]
 
 
 class MissingBinary(RuntimeError):
@@ -23,6 +25,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that something listens on for the ``with`` block (port-in-use tests)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def twistd_argv(*args: str) -> list[str]:
