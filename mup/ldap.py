@@ -18,7 +18,7 @@ import random
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 from urllib.parse import unquote, urlsplit
 
 from ldaptor import interfaces
@@ -84,6 +84,10 @@ class Directory(Protocol):
     def by_account(self, account: str) -> Deferred[Person | None]: ...
 
     def by_phone(self, number: str) -> Deferred[Person | None]: ...
+
+    def find_all(self, keys: Sequence[tuple[str, str]]) -> Deferred[list[Person | None]]:
+        """``by_nick``/``by_account`` for several people at once: ``keys`` are ``("nick", v)``
+        or ``("account", v)``; the answer has one Person or None per key, in order."""
 
 
 # --- Filters ---------------------------------------------------------------------------------
@@ -588,6 +592,11 @@ class LDAPDirectory(Service):
         return connection
 
     async def _search(self, filt: pureldap.LDAPFilter) -> list[Person]:
+        return _sorted([person for _, person in await self._entries(filt)])
+
+    async def _entries(self, filt: pureldap.LDAPFilter
+                       ) -> list[tuple[dict[Any, Any], Person]]:
+        """The entries matching ``filt``: their raw attributes, and as a Person."""
         if self._in_flight >= self._settings.max_in_flight:
             raise DirectoryError(f"{self._in_flight} queries in flight already", SLUGGISH)
         self._in_flight += 1
@@ -621,8 +630,11 @@ class LDAPDirectory(Service):
                                      f"{_describe(e)}") from None
         finally:
             self._in_flight -= 1
-        people = [person_from_attributes(dict(e.attributes), self.names) for e in entries]
-        return sorted(people, key=lambda p: (p.nick.casefold(), p.name.casefold()))
+        found = []
+        for entry in entries:
+            attributes = dict(entry.attributes)
+            found.append((attributes, person_from_attributes(attributes, self.names)))
+        return found
 
     # --- The Directory API ---
 
@@ -651,6 +663,47 @@ class LDAPDirectory(Service):
             return None
         people = await self._search(_equals(attr, value))
         return people[0] if people else None
+
+    def find_all(self, keys: Sequence[tuple[str, str]]) -> Deferred[list[Person | None]]:
+        """Several ``by_nick``/``by_account`` in one search, one round trip (``sms`` needs its
+        sender and its recipient): ``keys`` are ``("nick" | "account", value)``."""
+        return Deferred.fromCoroutine(self._find_all(list(keys)))
+
+    async def _find_all(self, keys: list[tuple[str, str]]) -> list[Person | None]:
+        wanted = [(self._key_attribute(kind), value) for kind, value in keys]
+        asked = list(dict.fromkeys((attr, value) for attr, value in wanted if value))
+        if len(asked) <= 1:
+            return [await self._by(attr, value) if value else None for attr, value in wanted]
+        entries = await self._entries(_any_of([_equals(attr, value) for attr, value in asked]))
+        # Each entry goes to the keys its values equal, folded as the server compares
+        # directory strings (case and spaces).  An entry no key claims means the server
+        # compared differently: those keys are asked on their own, as by_nick would.
+        claimed: set[int] = set()
+        found: dict[tuple[str, str], list[Person]] = {}
+        for attr, value in asked:
+            folded = _fold(value)
+            for index, (attributes, person) in enumerate(entries):
+                if any(_fold(v) == folded for v in _values_of(attributes, attr)):
+                    found.setdefault((attr, value), []).append(person)
+                    claimed.add(index)
+        unclaimed = len(claimed) < len(entries)
+        answer: list[Person | None] = []
+        for attr, value in wanted:
+            people = found.get((attr, value))
+            if people:
+                answer.append(_sorted(people)[0])
+            elif value and unclaimed:
+                answer.append(await self._by(attr, value))
+            else:
+                answer.append(None)
+        return answer
+
+    def _key_attribute(self, kind: str) -> str:
+        if kind == "nick":
+            return self.names.nick
+        if kind == "account":
+            return self.names.account_or_nick
+        raise ValueError(f"unknown directory key {kind!r} (nick or account)")
 
     def by_phone(self, number: str) -> Deferred[Person | None]:
         return Deferred.fromCoroutine(self._by_phone(number))
@@ -759,6 +812,20 @@ class _Entry(ReadOnlyInMemoryLDAPEntry):
         if values is None:
             return ()
         return set.__iter__(values) if isinstance(values, set) else values  # any order
+
+
+def _sorted(people: list[Person]) -> list[Person]:
+    return sorted(people, key=lambda p: (p.nick.casefold(), p.name.casefold()))
+
+
+def _values_of(attributes: dict[Any, Any], attr: str) -> list[Any]:
+    """An entry's values of ``attr``, whatever the case (and type) of the attribute names."""
+    wanted = attr.lower()
+    for key, values in attributes.items():
+        name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        if name.lower() == wanted:
+            return list(values)
+    return []
 
 
 def _fold(value: Any) -> str:

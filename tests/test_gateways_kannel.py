@@ -154,6 +154,10 @@ def test_command_replies_through_real_kannel(kannel, sms_reactor, tmp_path):
         def by_nick(self, nick):
             return defer.succeed(people.Person(nick, nick, "", (), "07911 123456", ""))
 
+        def find_all(self, keys):
+            by = {"nick": self.by_nick, "account": self.by_account}
+            return defer.gatherResults([by[kind](value) for kind, value in keys])
+
     config = parse({"sms": {"gateway": "kannel", "default_region": "GB"},
                     "state": {"directory": str(tmp_path)}})
     commands = Commands([sms(Directory(), gateway(kannel), Quota.from_config(config, reactor),

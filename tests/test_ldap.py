@@ -39,6 +39,56 @@ def test_lookups(ldap_reactor, people_directory, method, value, expected):
     assert nick(ldap_reactor.call(getattr(people_directory, method), value)) == expected
 
 
+@pytest.mark.parametrize(("keys", "expected"), [
+    ([("account", "elodie.dupre"), ("nick", "jose")], ["elodie", "jose"]),
+    ([("nick", "JOSE"), ("nick", "ann")], ["jose", "ann"]),
+    ([("nick", "jose"), ("nick", "jose")], ["jose", "jose"]),           # texting oneself
+    ([("account", "elodie.dupre"), ("nick", "elodie")], ["elodie", "elodie"]),
+    ([("account", "elodie"), ("nick", "jose")], [None, "jose"]),         # a nick, not an account
+    ([("nick", "jose"), ("nick", "nobody")], ["jose", None]),
+    ([("nick", "nobody"), ("nick", "*")], [None, None]),
+    ([("nick", "*)(mozillaNickname=*"), ("nick", "ann")], [None, "ann"]),  # no injection
+    ([("nick", ""), ("nick", "ann")], [None, "ann"]),
+    ([("nick", "ann")], ["ann"]),
+    ([], []),
+])
+def test_find_all_is_by_nick_and_by_account_at_once(ldap_reactor, people_directory, keys,
+                                                      expected):
+    people = ldap_reactor.call(people_directory.find_all, keys)
+    assert [nick(p) for p in people] == expected
+    one_by_one = [ldap_reactor.call(getattr(people_directory, f"by_{kind}"), value)
+                  for kind, value in keys]
+    assert people == one_by_one
+
+
+def test_find_all_asks_the_server_once(ldap_reactor, people_directory, monkeypatch):
+    """Two people, one search: what makes ``sms`` wait for one round trip, not two."""
+    filters = []
+    real = type(people_directory)._entries
+
+    def counting(self, filt):
+        filters.append(filt.asText())
+        return real(self, filt)
+
+    monkeypatch.setattr(type(people_directory), "_entries", counting)
+    ldap_reactor.call(people_directory.find_all, [("account", "elodie.dupre"), ("nick", "jose")])
+    assert len(filters) == 1 and "elodie.dupre" in filters[0] and "jose" in filters[0]
+
+
+def test_find_all_falls_back_when_the_server_compares_differently(ldap_reactor,
+                                                                  people_directory,
+                                                                  monkeypatch):
+    """An entry that no key claims (the server's matching rule is not ours): each key is
+    asked on its own, so the answer is still what by_nick/by_account give."""
+    import mup.ldap
+
+    monkeypatch.setattr(mup.ldap, "_values_of", lambda attributes, attr: [])  # none claimed
+    people = ldap_reactor.call(people_directory.find_all,
+                               [("account", "elodie.dupre"), ("nick", "jose"),
+                                ("nick", "nobody")])
+    assert [nick(p) for p in people] == ["elodie", "jose", None]
+
+
 def test_person_record(ldap_reactor, people_directory):
     person = ldap_reactor.call(people_directory.by_nick, "jose")
     assert person.name == "José Ñúñez"

@@ -28,7 +28,7 @@ DOWN = DirectoryError("ldap down", "The directory is down; try again later.")
 
 
 class Directory:
-    """The directory API the command codes against: by_nick / by_account."""
+    """The directory API the command codes against: find_all (by nick / by account)."""
 
     def __init__(self, people, accounts):
         self.people = {p.nick.lower(): p for p in people}
@@ -45,6 +45,12 @@ class Directory:
             return defer.fail(DOWN)
         nick = self.accounts.get(account.lower())
         return defer.succeed(self.people.get(nick) if nick else None)
+
+    def find_all(self, keys):
+        if self.down:
+            return defer.fail(DOWN)
+        by = {"nick": self.by_nick, "account": self.by_account}
+        return defer.gatherResults([by[kind](value) for kind, value in keys])
 
 
 PEOPLE = [

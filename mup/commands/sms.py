@@ -13,7 +13,6 @@ import re
 import uuid
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
@@ -38,7 +37,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
         on_sent: Callable[[str, str], None] | None = None, outbox: Any = None) -> Command:
     """The ``sms`` command.
 
-    ``directory`` has ``by_nick``/``by_account`` returning Deferred[Person | None];
+    ``directory`` has ``find_all([(kind, value), ...])`` (:class:`mup.ldap.Directory`);
     ``gateway`` is a :class:`mup.gateway.Gateway`; ``quota`` a :class:`mup.quota.Quota`;
     ``on_sent(number_e164, requester_nick)`` is called once the gateway took an SMS;
     ``outbox`` (:class:`mup.outbox.Outbox`) remembers it for delivery reports.
@@ -49,40 +48,20 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
     region: str = settings.default_region
     max_segments: int = settings.max_segments
 
-    async def sender_of(request: Request) -> Any:
-        try:
-            if require_account:
-                if not request.account:
-                    raise _Refused(
-                        "You need to be logged in to a services account to send SMS: the "
-                        "message carries your name, and a nick alone proves nothing.")
-                person = await directory.by_account(request.account)
-                if person is None:
-                    raise _Refused(f"Your account {request.account} is not in the directory, "
-                                   "so I can't put your name on an SMS.")
-                return person
-            host = request.hostmask.lower()
-            if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
-                raise _Refused("You may not send SMS from here (your host is not on the "
-                               "allowed list).")
-            person = await directory.by_nick(request.nick)
-            if person is None:
-                raise _Refused(f"{request.nick} is not in the directory, so I can't put your "
-                               "name on an SMS.")
-            return person
-        except _Refused:
-            raise
-        except Exception as e:
-            raise _Refused(_directory_error(e)) from e
-
-    async def recipient_of(nick: str) -> Any:
-        try:
-            person = await directory.by_nick(nick)
-        except Exception as e:
-            raise _Refused(_directory_error(e)) from e
-        if person is None:
-            raise _Refused(f"I can't find {nick} in the directory.")
-        return person
+    def sender_key(request: Request) -> tuple[str, str]:
+        """How the directory knows the sender: their services account, or (trusting the
+        host) their nick; refuses anyone else."""
+        if require_account:
+            if not request.account:
+                raise _Refused(
+                    "You need to be logged in to a services account to send SMS: the "
+                    "message carries your name, and a nick alone proves nothing.")
+            return ("account", request.account)
+        host = request.hostmask.lower()
+        if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
+            raise _Refused("You may not send SMS from here (your host is not on the "
+                           "allowed list).")
+        return ("nick", request.nick)
 
     async def run(request: Request) -> str:
         target, _, message = request.args.partition(" ")
@@ -93,16 +72,22 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
             raise UsageError("")
         if not _NICK.match(target):
             raise UsageError(f"{target!r} is not a nick.")
-        # Both lookups at once: the reply waits for one directory round trip, not two.
-        looked_up = await DeferredList([Deferred.fromCoroutine(sender_of(request)),
-                                        Deferred.fromCoroutine(recipient_of(target))],
-                                       consumeErrors=True)
-        for ok, value in looked_up:
-            if not ok:
-                if value.check(_Refused):
-                    return str(value.value)
-                value.raiseException()
-        (_, sender), (_, recipient) = looked_up
+        try:
+            kind, who = sender_key(request)
+        except _Refused as e:
+            return str(e)
+        # Sender and recipient in one directory search: one round trip, not two.
+        try:
+            sender, recipient = await directory.find_all([(kind, who), ("nick", target)])
+        except Exception as e:
+            return _directory_error(e)
+        if sender is None:
+            if kind == "account":
+                return (f"Your account {who} is not in the directory, so I can't put your "
+                        "name on an SMS.")
+            return f"{who} is not in the directory, so I can't put your name on an SMS."
+        if recipient is None:
+            return f"I can't find {target} in the directory."
         if not getattr(recipient, "mobile", ""):
             return f"{recipient.nick} has no mobile number in the directory."
         try:
