@@ -2,6 +2,7 @@
 task.Clock: errors explained, 429/503/connection failures retried, timeouts never resent."""
 
 import json
+from urllib.parse import parse_qsl
 
 import pytest
 from treq.testing import StubTreq
@@ -289,17 +290,51 @@ def test_full_numbers_not_even_emitted_below_debug(twilio):
     assert events and not any(NUMBER in formatEvent(e) for e in events)
 
 
+class Redirect(Resource):
+    """A gateway URL that answers with a redirect elsewhere; records every request."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.paths = []
+
+    def render(self, request):
+        self.paths.append(request.path)
+        if request.path == b"/elsewhere":
+            return b"0: Accepted for delivery"
+        request.setResponseCode(302)
+        request.setHeader(b"location", b"http://k.example/elsewhere")
+        return b""
+
+
+def test_a_redirect_is_not_followed():
+    """Following it would replay the credentials and the text to wherever it points."""
+    redirect = Redirect()
+    gw = KannelGateway(StubTreq(redirect), Clock(), "http://k.example/cgi-bin/sendsms", "mup",
+                       "pw", retries=0)
+    result = defer.ensureDeferred(gw.send(NUMBER, "joe> hi")).result
+    assert result.status == "failed" and "HTTP 302" in result.reason
+    assert redirect.paths == [b"/cgi-bin/sendsms"]
+
+
 def test_kannel_request_parameters():
     gw = KannelGateway(None, Clock(), "http://127.0.0.1:13013/cgi-bin/sendsms", "mup", "pw",
                        sender="4242", public_url="https://mup.example.com",
                        inbound_token="t&k")
     method, url, kwargs = gw.request(NUMBER, "joe> ça va", "abc123")
-    params = dict(kwargs["params"])
+    base, _, query = url.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    assert base == "http://127.0.0.1:13013/cgi-bin/sendsms" and kwargs == {}
+    assert params["text"] == "joe> ça va" and params["to"] == NUMBER
     assert method == "GET" and params["coding"] == "2" and params["charset"] == "UTF-8"
     assert params["dlr-url"] == ("https://mup.example.com/kannel/dlr?ref=abc123&status=%d"
                                  "&token=t%26k")
     assert params["dlr-mask"] == "19"
-    assert dict(gw.request(NUMBER, "joe> ok", "r")[2]["params"])["coding"] == "0"
+    assert "&coding=0&" in gw.request(NUMBER, "joe> ok", "r")[1]
+    with_query = KannelGateway(None, Clock(), "http://k/cgi-bin/sendsms?smsc=a", "mup", "pw")
+    assert with_query.request(NUMBER, "x", "")[1].startswith(
+        "http://k/cgi-bin/sendsms?smsc=a&username=mup&")
     assert dlr_url("http://x/", "r", "") == "http://x/kannel/dlr?ref=r&status=%d&token="
 
 

@@ -11,6 +11,7 @@ it is reported as possibly sent, never sent twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from typing import Any, Callable
 
 from twisted.internet import error as net_error
@@ -74,13 +75,25 @@ def clean_reason(text: str, limit: int = 200) -> str:
 
 
 def real_http_client(reactor: Any) -> Any:
-    """A treq client with a persistent connection pool; HTTPS certificates are verified."""
+    """A treq client with a persistent connection pool; HTTPS certificates are verified.
+    It keeps no cookies: no gateway needs them, and nothing should carry from one SMS to the
+    next."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
-    return HTTPClient(Agent(reactor, pool=pool))
+    return HTTPClient(Agent(reactor, pool=pool), cookiejar=_NoCookies())
+
+
+class _NoCookies(CookieJar):
+    """A cookie jar that never sends or keeps a cookie."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
 
 
 _NOT_SENT = (net_error.ConnectError, net_error.DNSLookupError)
@@ -147,7 +160,9 @@ class HTTPGateway:
     # The machinery.
 
     async def _once(self, method: str, url: str, kwargs: dict[str, Any]) -> Answer:
-        response = await self._http.request(method, url, **kwargs)
+        # A redirect is never followed: no gateway sends one for an SMS, and following it
+        # would replay the credentials (and the text) to wherever it points.
+        response = await self._http.request(method, url, allow_redirects=False, **kwargs)
         body = await response.content()
         retry_after = None
         values = response.headers.getRawHeaders(b"retry-after") or []

@@ -7,7 +7,7 @@ connected), ``403`` for a wrong login, ``400`` for a bad request and ``503`` whe
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -58,7 +58,9 @@ class KannelGateway(HTTPGateway):
         if self.public_url and reference:
             params += [("dlr-mask", str(DLR_MASK)),
                        ("dlr-url", dlr_url(self.public_url, reference, self._inbound_token))]
-        return "GET", self.sendsms_url, {"params": params}
+        # The query is encoded here, once (as treq would: form encoding, UTF-8).
+        separator = "&" if "?" in self.sendsms_url else "?"
+        return "GET", f"{self.sendsms_url}{separator}{urlencode(params)}", {}
 
     def parse(self, answer: Answer, text: str) -> SendResult:
         segments = max(count(text).segments, 1)
