@@ -6,6 +6,8 @@ does anything that shows an unknown sender's number on IRC.
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 __all__ = ["InvalidNumber", "mask_number", "normalise"]
@@ -18,6 +20,13 @@ class InvalidNumber(ValueError):
 def normalise(raw: str, default_region: str = "") -> str:
     """``raw`` as E.164 (``+447911123456``).  Numbers without ``+`` are read in
     ``default_region`` (ISO 3166 code such as ``GB``); with no region they are refused."""
+    return _normalise(raw, default_region)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise(raw: str, default_region: str) -> str:
+    """phonenumbers takes ~60 us a number; the same few come back again and again (the
+    directory's mobiles, the numbers texting us).  Refusals raise, so they are not kept."""
     text = (raw or "").strip()
     if not text:
         raise InvalidNumber("the number is empty")
