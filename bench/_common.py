@@ -3,6 +3,7 @@ penalty, the bot under twistd, and a blocking IRC line client (``LineClient``)."
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# The processes a benchmark starts (the bot under twistd, servers) import this source tree
+# too, not whatever copy of mup is installed: a benchmark measures the code beside it.
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(ROOT):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 from mup.config import dumps as toml_text  # noqa: E402
 from mup.testing.ircclient import LineClient  # noqa: E402

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
+import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
 from ldaptor.protocols import pureldap  # noqa: E402
 
 from mup.ldap import query_filter  # noqa: E402

@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
 
 from mup.config import SCHEMA  # noqa: E402
 from mup.delivery import PIPELINE  # noqa: E402

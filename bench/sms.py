@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
 
 from mup.testing.kannel import Kannel  # noqa: E402
 from mup.testing.process import ServerProcess, free_port, twistd_argv, wait_for  # noqa: E402
@@ -134,6 +136,11 @@ level = "warn"
 """)
 
 
+def same(answer: str) -> str:
+    """An answer with poke's local time left out (a run may cross a minute)."""
+    return re.sub(r"<time:[^>]*>", "<time>", answer)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(round(p / 100 * (len(ordered) - 1))), len(ordered) - 1)]
@@ -198,7 +205,7 @@ def main() -> int:
             t = time.perf_counter()
             answer = client.ask(text)
             elapsed = time.perf_counter() - t
-            assert answer == expect, answer
+            assert same(answer) == same(expect), answer
             return elapsed
 
         for i in range(5):  # warm up every path
@@ -232,12 +239,12 @@ def main() -> int:
         print(row("@sms -> accepted -> reply", sms))
         over = percentile(sms, 50) - percentile(floor, 50)
         own = over - percentile(echo, 50)
-        print(f"mup over the Kannel floor at p50: {over * 1000:.2f} ms "
-              f"(ratio {percentile(sms, 50) / percentile(floor, 50):.1f}x); "
-              f"without the IRC round trip: {own * 1000:.2f} ms (target: < 3 ms)")
+        print(f"mup over the Kannel floor at p50: {over * 1000:.2f} ms (target: < 3 ms; "
+              f"ratio {percentile(sms, 50) / percentile(floor, 50):.1f}x); "
+              f"without the IRC round trip: {own * 1000:.2f} ms")
         lookup = percentile(poke, 50) - percentile(echo, 50)
-        print(f"one directory lookup (poke - echo) at p50: {lookup * 1000:.2f} ms; @sms makes "
-              "two (sender and recipient, issued together)")
+        print(f"one directory lookup (poke - echo) at p50: {lookup * 1000:.2f} ms; @sms finds "
+              "its sender and its recipient in one search")
         print(f"fakesmsc received {len(kannel.received())} SMS (expected {expected})")
         return 0
     finally:
