@@ -28,6 +28,7 @@ from twisted.web.server import Request, Site
 from mup import metrics
 from mup.gateways import inbound
 from mup.gateways.inbound import Posted, Refused
+from mup.journal import JournalClosed
 
 __all__ = ["Receiver", "WebhookService", "TWIML_EMPTY"]
 
@@ -63,6 +64,7 @@ class Receiver:
         self.on_accepted = on_accepted
         self.health = health or dict
         self.clock = clock
+        self._closing_said = False
         # Label lookups once, not per request.
         self._accepted = {g: metrics.accepted.labels(g) for g in ("kannel", "twilio")}
         self._duplicates = {g: metrics.duplicates.labels(g) for g in ("kannel", "twilio")}
@@ -151,10 +153,19 @@ class Receiver:
 
     def _append_failed(self, failure: Failure, request: Request, key: str,
                        out: Deferred[bytes]) -> None:
-        log.failure("journal append failed for {key}", failure, key=key)
+        if failure.check(JournalClosed):
+            # Shutting down: whatever is still arriving gets a 503 and is posted again later.
+            # One line says so, not a traceback per post.
+            reason = "mup is shutting down; try again later"
+            if not self._closing_said:
+                self._closing_said = True
+                log.info("The journal is closed (shutting down): posts still arriving are "
+                         "answered 503, and the gateway posts them again")
+        else:
+            reason = "the journal is not writable; try again later"
+            log.failure("journal append failed for {key}", failure, key=key)
         if not out.called:
-            out.callback(self._refuse(request, _Unavailable(
-                "the journal is not writable; try again later")))
+            out.callback(self._refuse(request, _Unavailable(reason), quiet=True))
 
     def _posted(self, request: Request) -> Posted:
         length = request.getHeader(b"content-length")
@@ -169,12 +180,14 @@ class Receiver:
                    for name, values in request.requestHeaders.getAllRawHeaders()}
         return Posted(request.method.decode("ascii", "replace"), request.uri, headers, body)
 
-    def _refuse(self, request: Request, refused: Refused) -> bytes:
+    def _refuse(self, request: Request, refused: Refused, quiet: bool = False) -> bytes:
+        """Answer ``refused``; ``quiet``: its cause is logged already."""
         metrics.rejected.labels({400: "malformed", 403: "forbidden", 413: "too_large"}.get(
             refused.code, "unavailable")).inc()
-        log.info("refused {method} {path}: {code} {reason}", method=request.method.decode(
-            "ascii", "replace"), path=request.path.decode("latin-1")[:64], code=refused.code,
-            reason=refused.reason)
+        if not quiet:
+            log.info("refused {method} {path}: {code} {reason}", method=request.method.decode(
+                "ascii", "replace"), path=request.path.decode("latin-1")[:64],
+                code=refused.code, reason=refused.reason)
         request.setResponseCode(refused.code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         if refused.code == 503:

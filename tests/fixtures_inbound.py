@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from mup.config import parse
+from mup.journal import JournalClosed
 from mup.people import Person
 
 __all__ = ["FakeDirectory", "FakeIRC", "FakeJournal", "JEntry", "JOE", "NIEMEYER",
@@ -67,7 +68,11 @@ class FakeJournal:
     is_writable: bool = True
     held: list[Deferred] = field(default_factory=list)
 
+    closed: bool = False
+
     def append(self, key: str, record: dict) -> Deferred:
+        if self.closed:
+            return fail(JournalClosed("the journal was closed"))
         if self.broken:
             return fail(OSError(28, "No space left on device"))
         if key in self.entries:

@@ -9,6 +9,7 @@ import pytest
 from fixtures_inbound import KANNEL_TOKEN, PUBLIC_URL, TWILIO_TOKEN, FakeJournal, make_config
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.gateways.inbound import twilio_signature
@@ -199,6 +200,24 @@ def test_journal_failure_is_503_and_retryable(h: Harness) -> None:
     h.journal.broken = False
     assert h.mo(id="j1")[0] == 503
     assert h.journal.entries == {}
+
+
+def test_posts_during_shutdown_are_503_with_one_log_line(h: Harness) -> None:
+    """A closed journal (shutting down) is no failure: 503 so the gateway posts again, and
+    one line in the log rather than a traceback per post."""
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h.journal.closed = True
+        answers = [h.mo(id=f"s{i}") for i in range(3)]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(code, body) for code, body, _ in answers] == [
+        (503, b"mup is shutting down; try again later\n")] * 3
+    assert h.journal.entries == {} and h.accepted == []
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 1 and "shutting down" in said[0]
+    assert not any(e.get("log_failure") for e in events)
 
 
 def test_crlf_injection_is_kept_as_text_for_delivery_to_sanitise(h: Harness) -> None:
