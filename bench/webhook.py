@@ -189,6 +189,9 @@ def bench_accepts(seconds: int, connections: int) -> None:
                   f"p99 {r['p99']:6.2f} ms  non-2xx {r['non2xx']}  "
                   f"server CPU {r['cpu_us']:.0f} us/request", flush=True)
         rate = max(100, int(results["receiver"]["rate"] * 0.5))
+        # The saturated runs above left tens of MB to write back; their writeback would land
+        # in this part's fsyncs (as between parts, see main).
+        os.sync()
         paced = paced_latency(tmp, connections, rate=rate, seconds=seconds)
         # The same schedule on the no-op handler: the floor this load generator (Python
         # threads, on cores shared with the server) reaches at all.
@@ -215,7 +218,7 @@ def bench_accepts(seconds: int, connections: int) -> None:
     for kind, what in REFERENCES.items():
         cpu = min(results[kind + "-cpu"])
         print(f"    {kind:15} {results[kind]['rate'] / noop['rate']:5.2f} of the no-op rate, "
-              f"{cpu:4.0f} us CPU a request (+{cpu - cpu_noop:3.0f})  {what}")
+              f"{cpu:4.0f} us CPU a request ({cpu - cpu_noop:+4.0f})  {what}")
 
 
 def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
