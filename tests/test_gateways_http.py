@@ -304,18 +304,29 @@ class Redirect(Resource):
         if request.path == b"/elsewhere":
             return b"0: Accepted for delivery"
         request.setResponseCode(302)
-        request.setHeader(b"location", b"http://k.example/elsewhere")
+        request.setHeader(b"location", b"https://u:secret@k.example:8443/elsewhere?password=pw")
         return b""
 
 
-def test_a_redirect_is_not_followed():
+def test_a_redirect_is_not_followed_and_the_operator_is_told():
     """Following it would replay the credentials and the text to wherever it points."""
     redirect = Redirect()
     gw = KannelGateway(StubTreq(redirect), Clock(), "http://k.example/cgi-bin/sendsms", "mup",
-                       "pw", retries=0)
-    result = defer.ensureDeferred(gw.send(NUMBER, "joe> hi")).result
-    assert result.status == "failed" and "HTTP 302" in result.reason
-    assert redirect.paths == [b"/cgi-bin/sendsms"]
+                       "pw", retries=3)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        result = defer.ensureDeferred(gw.send(NUMBER, "joe> hi")).result
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert result == SendResult("failed", "the SMS gateway's address has changed (it answered "
+                                          "with a redirect); tell the bot's operator")
+    assert redirect.paths == [b"/cgi-bin/sendsms"]  # not followed, not retried
+    from twisted.logger import formatEvent
+
+    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+    assert len(said) == 1 and "https://k.example:8443/elsewhere" in said[0]
+    assert "secret" not in said[0] and "password" not in said[0]
 
 
 def test_kannel_request_parameters():
@@ -359,3 +370,17 @@ def test_twilio_messaging_service():
     assert result_of(gw.send(NUMBER, "hi")).status == "accepted"
     assert fake.messages[0]["messaging_service_sid"] == "MG123"
     assert json.loads(json.dumps(fake.messages[0]))["from"] is None
+
+
+@pytest.mark.parametrize(("location", "shown"), [
+    (b"https://u:pw@sms.example.com:8443/send?password=pw", "https://sms.example.com:8443/send"),
+    (b"http://sms.example.com/cgi-bin/sendsms", "http://sms.example.com/cgi-bin/sendsms"),
+    (b"/cgi-bin/sendsms2?token=t", "/cgi-bin/sendsms2"),
+    (b"", ""),
+    (b"http://[::1", "an unreadable address"),
+    (b"http://sms.example.com/a\r\nb", "http://sms.example.com/ab"),  # urlsplit drops CR/LF
+])
+def test_redirect_target_shown_without_secrets(location, shown):
+    from mup.gateways import _where
+
+    assert _where(location) == shown

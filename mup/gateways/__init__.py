@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, TimeoutError
@@ -39,6 +40,8 @@ class Answer:
     code: int
     body: bytes
     retry_after: float | None = None
+    location: str = ""
+    """Where a redirect points (``Location``), credentials and query left out."""
 
     @property
     def text(self) -> str:
@@ -171,7 +174,8 @@ class HTTPGateway:
                 retry_after = float(values[0])
             except ValueError:
                 retry_after = None
-        return Answer(response.code, body, retry_after)
+        location = (response.headers.getRawHeaders(b"location") or [b""])[0]
+        return Answer(response.code, body, retry_after, _where(location))
 
     def _attempt(self, method: str, url: str, kwargs: dict[str, Any]) -> Deferred[Answer]:
         d = Deferred.fromCoroutine(self._once(method, url, kwargs))
@@ -219,6 +223,14 @@ class HTTPGateway:
                     return found
                 reason = f"the SMS gateway {what}"
             else:
+                if 300 <= answer.code < 400:
+                    log.error("{gateway}: the gateway answered HTTP {code}, a redirect to "
+                              "{location}; mup does not follow redirects (they would replay "
+                              "its credentials): set its URL in the config to the new one",
+                              gateway=self.name, code=answer.code,
+                              location=answer.location or "nowhere")
+                    return SendResult("failed", "the SMS gateway's address has changed (it "
+                                      "answered with a redirect); tell the bot's operator")
                 if answer.code not in (429, 503):
                     return parse(answer)
                 reason = ("the SMS gateway is busy (HTTP 429)" if answer.code == 429
@@ -232,6 +244,20 @@ class HTTPGateway:
         tries = self.retries + 1
         return SendResult("failed", f"{reason}; tried {tries} time{'s' if tries > 1 else ''}, "
                           "try again later")
+
+
+def _where(location: bytes) -> str:
+    """A redirect's target for the log: scheme, host, port and path (no user, password or
+    query: a gateway may echo the request's own, secrets included)."""
+    try:
+        parts = urlsplit(location.decode("latin-1"))
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unreadable address"
+    if not host:
+        return clean_reason(parts.path, 100) or ""
+    return clean_reason(f"{parts.scheme}://{host}{port}{parts.path}", 200)
 
 
 class Unknowable(Exception):
