@@ -222,20 +222,30 @@ def attributes_wire_of(attributes: list[str]) -> bytes:
     return _tlv(0x30, b"".join(_tlv(0x04, a.encode("utf-8")) for a in attributes))
 
 
+def _envelope(message: bytes) -> tuple[int, int, int, int] | None:
+    """One LDAPMessage without controls: (message id, operation tag, start and end of the
+    operation's content); None for anything else.  Broken BER raises IndexError/ValueError."""
+    tag, start, end = _read(message, 0)
+    if tag != 0x30 or end != len(message):
+        return None
+    tag, a, b = _read(message, start)
+    if tag != 0x02:
+        return None
+    msg_id = _integer(message, a, b)
+    op, a, b = _read(message, b)
+    if b != end:
+        return None  # controls follow
+    return msg_id, op, a, b
+
+
 def decode_search_response(message: bytes) -> tuple[int, Any] | None:
     """``(message id, LDAPSearchResultEntry or LDAPSearchResultDone)`` from one LDAPMessage
     without controls, or None when it is anything else (ldaptor decodes those)."""
     try:
-        tag, start, end = _read(message, 0)
-        if tag != 0x30 or end != len(message):
+        envelope = _envelope(message)
+        if envelope is None:
             return None
-        tag, a, b = _read(message, start)
-        if tag != 0x02:
-            return None
-        msg_id = int.from_bytes(message[a:b], "big", signed=True)
-        op, a, b = _read(message, b)
-        if b != end:
-            return None  # controls follow
+        msg_id, op, a, b = envelope
         if op == 0x64:
             tag, x, y = _read(message, a)
             if tag != 0x04:
@@ -334,16 +344,10 @@ def decode_search_request(message: bytes) -> _Message | None:
     """One LDAPMessage holding a SearchRequest without controls, decoded as ldaptor's
     server decodes it; None for anything else (ldaptor decodes those)."""
     try:
-        tag, start, end = _read(message, 0)
-        if tag != 0x30 or end != len(message):
-            return None
-        tag, a, b = _read(message, start)
-        if tag != 0x02:
-            return None
-        msg_id = _integer(message, a, b)
-        op, pos, stop = _read(message, b)
-        if op != 0x63 or stop != end:
+        envelope = _envelope(message)
+        if envelope is None or envelope[1] != 0x63:
             return None  # another operation, or controls follow
+        msg_id, _, pos, stop = envelope
         fields = []
         for expected in (0x04, 0x0A, 0x0A, 0x02, 0x02, 0x01):
             tag, a, b = _read(message, pos)
@@ -672,8 +676,9 @@ class LDAPDirectory(Service):
     async def _find_all(self, keys: list[tuple[str, str]]) -> list[Person | None]:
         wanted = [(self._key_attribute(kind), value) for kind, value in keys]
         asked = list(dict.fromkeys((attr, value) for attr, value in wanted if value))
-        if len(asked) <= 1:
-            return [await self._by(attr, value) if value else None for attr, value in wanted]
+        if len(asked) <= 1:  # one person asked for (maybe under several keys): one search
+            person = await self._by(*asked[0]) if asked else None
+            return [person if value else None for _, value in wanted]
         entries = await self._entries(_any_of([_equals(attr, value) for attr, value in asked]))
         # Each entry goes to the keys its values equal, folded as the server compares
         # directory strings (case and spaces).  An entry no key claims means the server
