@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
+from _common import LineClient, percentiles, toml_text  # noqa: E402 - and children run this tree
 from ldaptor.protocols import pureldap  # noqa: E402
 
 from mup.ldap import query_filter  # noqa: E402
@@ -41,48 +41,6 @@ from mup.testing.slapd import Slapd  # noqa: E402
 PEOPLE = ROOT / "tests" / "data" / "people.ldif"
 BASE_DN = "ou=people,dc=example,dc=com"
 QUERY = "niemeyer"
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(round(p / 100 * (len(ordered) - 1))), len(ordered) - 1)]
-
-
-class LineClient:
-    """A blocking IRC client with TCP_NODELAY: register, ask a bot, wait for its answer."""
-
-    def __init__(self, port: int, nick: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.send(f"NICK {nick}")
-        self.send(f"USER {nick} 0 * :bench")
-        self.wait(lambda p: len(p) > 1 and p[1] in ("376", "422"))
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def wait(self, match, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        while True:
-            while b"\r\n" in self.buf:
-                raw, self.buf = self.buf.split(b"\r\n", 1)
-                line = raw.decode("utf-8", "replace")
-                parts = line.split(" ")
-                if parts[0] == "PING":
-                    self.send("PONG " + " ".join(parts[1:]))
-                elif match(parts):
-                    return line
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the IRC server closed the connection")
-            self.buf += data
-
-    def ask(self, bot: str, text: str, timeout: float = 10.0) -> str:
-        self.send(f"PRIVMSG {bot} :{text}")
-        line = self.wait(lambda p: len(p) > 2 and p[1] in ("PRIVMSG", "NOTICE")
-                         and p[0].startswith(f":{bot}!"), timeout)
-        return line.split(" :", 1)[1]
 
 
 class RawLDAP:
@@ -169,22 +127,12 @@ def client_alone(url: str, rounds: int) -> list[float]:
     return times
 
 
-def write_config(path: Path, irc_port: int, nick: str, ldap: str) -> None:
-    path.write_text(f"""
-[irc]
-endpoint = "tcp:host=127.0.0.1:port={irc_port}"
-nick = "{nick}"
-line_rate = 0.0
-command_rate = 0.0
-
-[ldap]
-{ldap}
-base_dn = "{BASE_DN}"
-timezone_attribute = "timezone"
-
-[log]
-level = "warn"
-""")
+def write_config(path: Path, irc_port: int, nick: str, ldap: dict) -> None:
+    path.write_text(toml_text({
+        "irc": {"endpoint": f"tcp:host=127.0.0.1:port={irc_port}", "nick": nick,
+                "line_rate": 0.0, "command_rate": 0.0},
+        "ldap": {**ldap, "base_dn": BASE_DN, "timezone_attribute": "timezone"},
+        "log": {"level": "warn"}}))
 
 
 def main() -> int:
@@ -205,9 +153,9 @@ def main() -> int:
                         max_penalty_time=0)
         stoppers.append(ngircd.stop)
         ngircd.start()
-        bots = {"mupbench": f'url = "{slapd.url}"'}
+        bots = {"mupbench": {"url": slapd.url}}
         if not args.no_embedded:
-            bots["mupembed"] = f'ldif = "{PEOPLE}"'
+            bots["mupembed"] = {"ldif": str(PEOPLE)}
 
         for nick, ldap in bots.items():
             config = work / f"{nick}.toml"
@@ -218,6 +166,7 @@ def main() -> int:
             stoppers.append(bot.stop)
             bots[nick] = bot
         client = LineClient(irc_port, "bencher")
+        client.register()
         for nick, bot in bots.items():
             def answers(nick: str = nick) -> bool:
                 try:
@@ -288,8 +237,9 @@ def main() -> int:
           f"block 2: echo, poke (embedded); then the in-process client")
     print(f"{'':36} {'p50 ms':>8} {'p99 ms':>8}")
     for name, values in rows:
-        print(f"{name:36} {percentile(values, 50) * ms:8.3f} {percentile(values, 99) * ms:8.3f}")
-    p50 = {name: percentile(values, 50) * ms for name, values in rows}
+        stats = percentiles(values)
+        print(f"{name:36} {stats['p50'] * ms:8.3f} {stats['p99'] * ms:8.3f}")
+    p50 = {name: percentiles(values)["p50"] * ms for name, values in rows}
     e50, k50 = p50["echo over IRC"], p50["poke over IRC (slapd)"]
     b50 = p50.get("poke over IRC (embedded LDIF)")
     f50 = p50.get("echo over IRC (2nd block)")

@@ -22,8 +22,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -32,118 +30,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
+from _common import LineClient, percentiles, start_ngircd, toml_text  # noqa: E402 - and children run this tree
 
 from mup.testing.kannel import Kannel  # noqa: E402
-from mup.testing.process import ServerProcess, free_port, twistd_argv, wait_for  # noqa: E402
+from mup.testing.process import ServerProcess, twistd_argv, wait_for  # noqa: E402
 
 PEOPLE = ROOT / "tests" / "data" / "people.ldif"
 BOT = "mupbench"
 
 
-class LineClient:
-    """A blocking IRC client: enough to register, talk to the bot and wait for its answer."""
-
-    def __init__(self, port: int, nick: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.nick = nick
-        self.send(f"NICK {nick}")
-        self.send(f"USER {nick} 0 * :bench")
-        self.wait(lambda p: len(p) > 1 and p[1] in ("376", "422"))
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def lines(self):
-        while True:
-            while b"\r\n" in self.buf:
-                raw, self.buf = self.buf.split(b"\r\n", 1)
-                yield raw.decode("utf-8", "replace")
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the IRC server closed the connection")
-            self.buf += data
-
-    def wait(self, match, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        for line in self.lines():
-            parts = line.split(" ")
-            if parts[0] == "PING":
-                self.send("PONG " + " ".join(parts[1:]))
-                continue
-            if match(parts):
-                return line
-        raise AssertionError("unreachable")
-
-    def sync(self) -> None:
-        """Skip any late answers: ask for a unique echo and wait for exactly it."""
-        token = f"sync-{time.monotonic_ns()}"
-        self.send(f"PRIVMSG {BOT} :echo {token}")
-        self.wait(lambda p: p[0].startswith(f":{BOT}!") and p[-1] == f":{token}")
-
-    def ask(self, text: str, timeout: float = 10.0) -> str:
-        """Send the bot a private message; return its answer's text."""
-        self.send(f"PRIVMSG {BOT} :{text}")
-        line = self.wait(lambda p: len(p) > 2 and p[1] in ("PRIVMSG", "NOTICE")
-                         and p[0].startswith(f":{BOT}!"), timeout)
-        return line.split(" :", 1)[1]
-
-
-def start_ngircd(directory: Path, port: int):
-    from mup.testing.ngircd import Ngircd
-
-    server = Ngircd(directory, port=port, name="irc.bench.local", max_penalty_time=0)
-    server.start()
-    return server
-
-
 def write_config(path: Path, irc_port: int, kannel: Kannel, state: Path,
                  ldap_url: str = "") -> None:
-    ldap = f'url = "{ldap_url}"' if ldap_url else f'ldif = "{PEOPLE}"'
-    path.write_text(f"""
-[irc]
-endpoint = "tcp:host=127.0.0.1:port={irc_port}"
-nick = "{BOT}"
-line_rate = 0.0
-command_rate = 0.0
-
-[ldap]
-{ldap}
-base_dn = "ou=people,dc=example,dc=com"
-
-[sms]
-gateway = "kannel"
-sender = "4242"
-require_account = false
-allowed_hostmasks = ["*!*@127.0.0.1", "*!*@localhost"]
-default_region = "BR"
-sender_rate = 0.0
-sender_daily = 0
-global_daily = 0
-
-[sms.kannel]
-sendsms_url = "{kannel.sendsms_url}"
-username = "{kannel.username}"
-password = "{kannel.password}"
-
-[state]
-directory = "{state}"
-
-[log]
-level = "warn"
-""")
+    ldap = {"url": ldap_url} if ldap_url else {"ldif": str(PEOPLE)}
+    path.write_text(toml_text({
+        "irc": {"endpoint": f"tcp:host=127.0.0.1:port={irc_port}", "nick": BOT,
+                "line_rate": 0.0, "command_rate": 0.0},
+        "ldap": {**ldap, "base_dn": "ou=people,dc=example,dc=com"},
+        "sms": {"gateway": "kannel", "sender": "4242", "require_account": False,
+                "allowed_hostmasks": ["*!*@127.0.0.1", "*!*@localhost"],
+                "default_region": "BR", "sender_rate": 0.0, "sender_daily": 0,
+                "global_daily": 0},
+        "sms.kannel": {"sendsms_url": kannel.sendsms_url, "username": kannel.username,
+                       "password": kannel.password},
+        "state": {"directory": str(state)},
+        "log": {"level": "warn"}}))
 
 
 def same(answer: str) -> str:
     """An answer with poke's local time left out (a run may cross a minute)."""
     return re.sub(r"<time:[^>]*>", "<time>", answer)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(round(p / 100 * (len(ordered) - 1))), len(ordered) - 1)]
 
 
 def main() -> int:
@@ -159,9 +74,9 @@ def main() -> int:
         kannel = Kannel(work / "kannel", max_messages=3)
         stoppers.append(kannel.stop)
         kannel.start()
-        irc_port = free_port()
-        ngircd = start_ngircd(work / "ngircd", irc_port)
+        ngircd = start_ngircd(work / "ngircd")
         stoppers.append(ngircd.stop)
+        irc_port = ngircd.port
         ldap_url = ""
         if args.slapd:
             from mup.testing.slapd import Slapd
@@ -176,15 +91,18 @@ def main() -> int:
                                         "--config", str(config)), work / "mup.log", cwd=work)
         stoppers.append(bot.stop)
         client = LineClient(irc_port, "jose")
+        client.register()
 
         def bot_answers() -> bool:
             try:
-                return client.ask("echo ready", timeout=0.5) == "ready"
+                return client.ask(BOT, "echo ready", timeout=0.5) == "ready"
             except TimeoutError:
                 return False
 
         wait_for(bot_answers, 30, "the bot to answer", bot.alive)
-        client.sync()
+        token = f"sync-{time.monotonic_ns()}"  # skip late answers: wait for exactly this one
+        client.privmsg(BOT, f"echo {token}")
+        client.expect(rf"^:{BOT}!\S+ PRIVMSG \S+ :{token}$")
 
         sendsms = urllib.parse.urlsplit(kannel.sendsms_url)
         conn = http.client.HTTPConnection(sendsms.hostname, sendsms.port, timeout=10)
@@ -203,7 +121,7 @@ def main() -> int:
 
         def timed(text: str, expect: str) -> float:
             t = time.perf_counter()
-            answer = client.ask(text)
+            answer = client.ask(BOT, text)
             elapsed = time.perf_counter() - t
             assert same(answer) == same(expect), answer
             return elapsed
@@ -212,7 +130,7 @@ def main() -> int:
             kannel_direct(i)
             timed("echo warm", "warm")
             timed(f"sms niemeyer warm {i}", "SMS is on the way!")
-        poke_answer = client.ask("poke niemeyer")
+        poke_answer = client.ask(BOT, "poke niemeyer")
         floor, echo, poke, sms = [], [], [], []
         for i in range(args.sends):
             floor.append(kannel_direct(i))
@@ -223,9 +141,10 @@ def main() -> int:
         kannel.wait_for_received(expected, timeout=60)
 
         def row(name: str, values: list[float]) -> str:
-            return (f"{name:<26} p50 {percentile(values, 50) * 1000:7.2f} ms   "
-                    f"p99 {percentile(values, 99) * 1000:7.2f} ms   "
-                    f"mean {statistics.mean(values) * 1000:7.2f} ms")
+            stats = percentiles(values)
+            return (f"{name:<26} p50 {stats['p50'] * 1000:7.2f} ms   "
+                    f"p99 {stats['p99'] * 1000:7.2f} ms   "
+                    f"mean {stats['mean'] * 1000:7.2f} ms")
 
         where = "slapd" if args.slapd else "the embedded LDIF directory"
         print(f"bench/sms.py: {args.sends} sends each, interleaved, people in {where}; "
@@ -237,12 +156,14 @@ def main() -> int:
         print(row("@echo round trip (IRC)", echo))
         print(row("@poke (IRC + 1 lookup)", poke))
         print(row("@sms -> accepted -> reply", sms))
-        over = percentile(sms, 50) - percentile(floor, 50)
-        own = over - percentile(echo, 50)
+        p50 = {name: percentiles(values)["p50"] for name, values in
+               (("floor", floor), ("echo", echo), ("poke", poke), ("sms", sms))}
+        over = p50["sms"] - p50["floor"]
+        own = over - p50["echo"]
         print(f"mup over the Kannel floor at p50: {over * 1000:.2f} ms (target: < 3 ms; "
-              f"ratio {percentile(sms, 50) / percentile(floor, 50):.1f}x); "
+              f"ratio {p50['sms'] / p50['floor']:.1f}x); "
               f"without the IRC round trip: {own * 1000:.2f} ms")
-        lookup = percentile(poke, 50) - percentile(echo, 50)
+        lookup = p50["poke"] - p50["echo"]
         print(f"one directory lookup (poke - echo) at p50: {lookup * 1000:.2f} ms; @sms finds "
               "its sender and its recipient in one search")
         print(f"fakesmsc received {len(kannel.received())} SMS (expected {expected})")

@@ -324,23 +324,29 @@ def bench_startup(backlog: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bot_config(tmp: Path, irc: dict, port: int, journal: str | Path,
+               inbound: dict | None = None) -> Path:
+    """The bot's config file in ``tmp``: IRC in #ops, the receiver on ``port``."""
+    from mup.config import dumps
+
+    config = {"irc": {"channels": ["#ops"], **irc},
+              "webhook": {"endpoint": f"tcp:port={port}:interface=127.0.0.1",
+                          "journal": str(journal)},
+              "sms.kannel": {"inbound_token": TOKEN},
+              "state": {"directory": str(tmp / "state")}}
+    if inbound:
+        config["inbound"] = inbound
+    path = tmp / "mup.toml"
+    path.write_text(dumps(config))
+    return path
+
+
 def bot_startup(journal_dir: str) -> None:
     """``twistd -n mup`` over that journal, until /healthz answers (IRC not reachable)."""
     tmp = Path(tempfile.mkdtemp(prefix="mup-bench-bot-"))
     port = free_port()
-    config = tmp / "mup.toml"
-    config.write_text(f"""
-[irc]
-endpoint = "tcp:host=127.0.0.1:port={free_port()}"
-channels = ["#ops"]
-[webhook]
-endpoint = "tcp:port={port}:interface=127.0.0.1"
-journal = "{journal_dir}"
-[sms.kannel]
-inbound_token = "{TOKEN}"
-[state]
-directory = "{tmp / 'state'}"
-""")
+    config = bot_config(tmp, {"endpoint": f"tcp:host=127.0.0.1:port={free_port()}"}, port,
+                        journal_dir)
     from mup.testing.process import twistd_argv
 
     t0 = time.perf_counter()
@@ -410,22 +416,8 @@ def bench_latency(messages: int) -> None:
     server = Ngircd(tmp / "ngircd", max_penalty_time=0)
     server.start()
     port = free_port()
-    config = tmp / "mup.toml"
-    config.write_text(f"""
-[irc]
-endpoint = "{server.endpoint}"
-channels = ["#ops"]
-line_rate = 0.0
-[webhook]
-endpoint = "tcp:port={port}:interface=127.0.0.1"
-journal = "{tmp / 'journal'}"
-[sms.kannel]
-inbound_token = "{TOKEN}"
-[inbound]
-hint = false
-[state]
-directory = "{tmp / 'state'}"
-""")
+    config = bot_config(tmp, {"endpoint": server.endpoint, "line_rate": 0.0}, port,
+                        tmp / "journal", inbound={"hint": False})
     log = open(tmp / "bot.log", "wb")
     bot = subprocess.Popen(twistd_argv("-n", "--pidfile=", "--logfile=-", "mup", "--config",
                                        str(config)), stdout=log, stderr=subprocess.STDOUT,

@@ -104,6 +104,12 @@ class LineClient:
     def privmsg(self, target: str, text: str) -> None:
         self.send(f"PRIVMSG {target} :{text}")
 
+    def ask(self, bot: str, text: str, timeout: float = 10.0) -> str:
+        """Send ``bot`` a private message; return the text of its next PRIVMSG or NOTICE."""
+        self.privmsg(bot, text)
+        line = self.expect(rf"^:{re.escape(bot)}!\S+ (?:PRIVMSG|NOTICE) ", timeout)
+        return line.split(" :", 1)[1]
+
     def close(self) -> None:
         try:
             self.send("QUIT :bye")
