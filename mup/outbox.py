@@ -2,9 +2,9 @@
 
 Each SMS the gateway took is recorded under mup's reference and the gateway's message id
 (Kannel's dlr-url carries the reference; Twilio's StatusCallback carries the MessageSid), with
-the nick that asked and the recipient's nick.  Records are appended to
-``<[state] directory>/sms-outbox.jsonl`` so a report arriving after a restart still finds its
-sender, and dropped once a final report came or after ``keep`` seconds.
+the nick that asked and the recipient's nick.  Each record is a row of the state store's
+``outbox`` table (written behind), so a report arriving after a restart still finds its sender;
+it is dropped once a final report came or after ``keep`` seconds.
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from mup.eventlog import EventLog
 from mup.gateway import DeliveryReport
 from mup.gateways import clean_reason
+from mup.store import StateStore
+from mup.store.table import StateTable, import_file, read_json_lines
 
 __all__ = ["Outbox", "Sent"]
 
-FILENAME = "sms-outbox.jsonl"
+log = Logger()
+
+TABLE = "outbox"
+LEGACY_FILENAME = "sms-outbox.jsonl"
+"""The JSON-lines file of sent SMS before the state store: imported at start-up."""
 
 
 @dataclass(frozen=True)
@@ -39,28 +45,36 @@ class Sent:
 
 
 class Outbox:
-    """Sent SMS by reference and by gateway message id."""
+    """Sent SMS by reference and by gateway message id.
 
-    def __init__(self, state_directory: str, clock: IReactorTime, keep: float = 7 * 86400
-                 ) -> None:
-        self._log = EventLog(os.path.join(state_directory, FILENAME)) if state_directory \
-            else None
+    With a ``legacy_directory``, an ``sms-outbox.jsonl`` left there by an older mup is
+    imported."""
+
+    def __init__(self, store: StateStore, clock: IReactorTime, keep: float = 7 * 86400,
+                 legacy_directory: str = "") -> None:
+        self._table = StateTable(store, TABLE, "SMS outbox")
         self._clock = clock
         self.keep = keep
         self._records: dict[str, Sent] = {}
-        self._load()
+        """By reference, in the order sent."""
+        self._legacy = os.path.join(legacy_directory, LEGACY_FILENAME) if legacy_directory \
+            else ""
+        self._table.load().addCallbacks(self._loaded, self._load_failed)
 
     @classmethod
-    def from_config(cls, config: Any, clock: IReactorTime) -> Outbox:
-        return cls(config.resolve_path(config.section("state").directory), clock)
+    def from_config(cls, config: Any, clock: IReactorTime, store: StateStore) -> Outbox:
+        return cls(store, clock,
+                   legacy_directory=config.resolve_path(config.section("state").directory))
 
     def record(self, reference: str, gateway: str, message_id: str, requester: str,
                recipient: str) -> Sent:
         """Remember an SMS the gateway accepted or queued."""
         sent = Sent(reference, gateway, message_id or "", requester, recipient,
                     self._clock.seconds())
+        self._records.pop(reference, None)
         self._records[reference] = sent
-        self._write({"sent": asdict(sent)})
+        self._table.put(reference, asdict(sent))
+        self._expire()
         return sent
 
     def find(self, gateway: str, message_id: str) -> Sent | None:
@@ -80,7 +94,7 @@ class Outbox:
         if sent is None or report.state not in ("delivered", "failed"):
             return None
         del self._records[sent.reference]
-        self._write({"done": sent.reference})
+        self._table.delete(sent.reference)
         if report.state == "delivered":
             return sent.requester, f"SMS to {sent.recipient} delivered."
         reason = clean_reason(report.reason) or "the network gave no reason"
@@ -90,50 +104,48 @@ class Outbox:
         return len(self._records)
 
     def _expire(self) -> None:
+        """Forget SMS older than ``keep`` (oldest first: the records are in time order)."""
         cutoff = self._clock.seconds() - self.keep
-        for reference in [r for r, s in self._records.items() if s.sent < cutoff]:
+        while self._records:
+            reference, sent = next(iter(self._records.items()))
+            if sent.sent >= cutoff:
+                break
             del self._records[reference]
+            self._table.delete(reference)
 
-    def _write(self, record: dict[str, Any]) -> None:
-        if self._log is None:
-            return
-        try:
-            self._log.append(record)
-            if self._log.lines > 2 * len(self._records) + 1000:
-                self._compact()
-        except OSError as e:
-            # The SMS went out all the same; only its delivery report may go unannounced.
-            from twisted.logger import Logger
-
-            Logger().error("SMS outbox {path} cannot be written: {error}",
-                           path=self._log.path, error=e)
-
-    def _compact(self) -> None:
-        assert self._log is not None
-        self._expire()
-        self._log.compact({"sent": asdict(s)} for s in self._records.values())
-
-    def _load(self) -> None:
-        if self._log is None:
-            return
-        try:
-            entries = self._log.read()
-        except OSError as e:
-            from twisted.logger import Logger
-
-            Logger().error("SMS outbox {path} unreadable ({error}); delivery reports for "
-                           "earlier SMS will not be announced", path=self._log.path, error=e)
-            self._log = None
-            return
-        for entry in entries:
+    def _apply(self, rows: dict[str, Any]) -> None:
+        records = dict(self._records)
+        for reference, row in rows.items():
             try:
-                if "sent" in entry:
-                    sent = Sent(**entry["sent"])
-                    self._records[sent.reference] = sent
-                elif "done" in entry:
-                    self._records.pop(str(entry["done"]), None)
+                records[reference] = sent = Sent(**row)
+                float(sent.sent)
             except (TypeError, ValueError):
-                continue
+                log.warn("SMS outbox: the row for {reference} is unreadable; ignored",
+                         reference=reference)
+        self._records = dict(sorted(records.items(), key=lambda item: item[1].sent))
+
+    def _loaded(self, rows: dict[str, Any]) -> None:
+        self._apply(rows)
+        if self._legacy:
+            import_file(self._table, self._legacy, _read_legacy, self._apply)
         self._expire()
-        if self._log.lines > len(self._records):
-            self._compact()
+
+    def _load_failed(self, failure: Any) -> None:
+        log.error("SMS outbox cannot be read ({error}); delivery reports for earlier SMS will "
+                  "not be announced", error=failure.getErrorMessage())
+
+
+def _read_legacy(path: str) -> dict[str, Any]:
+    """The old ``sms-outbox.jsonl`` (``{"sent": {...}}`` and ``{"done": reference}`` lines) as
+    rows: the SMS still waiting for a report."""
+    rows: dict[str, Any] = {}
+    for entry in read_json_lines(path):
+        try:
+            if "sent" in entry:
+                sent = Sent(**entry["sent"])
+                rows[sent.reference] = asdict(sent)
+            elif "done" in entry:
+                rows.pop(str(entry["done"]), None)
+        except (TypeError, ValueError):
+            continue
+    return rows

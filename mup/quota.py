@@ -2,29 +2,34 @@
 
 Three limits, all configurable in ``[sms]``: a per-sender token bucket (``sender_burst`` segments
 at once, refilled at ``sender_rate`` per hour), a per-sender daily quota (``sender_daily``) and a
-global daily cap (``global_daily``); days are UTC.  Each reservation and refund is appended
-to ``<[state] directory>/sms-quota.jsonl`` at once (fsync'd within 50 ms, off the sending
-path) and replayed at start-up, so a restart does not reset the counters.
+global daily cap (``global_daily``); days are UTC.  Each sender's count for the day and bucket
+are one row of the state store's ``quota`` table, written behind each reservation and refund
+(never waited for on the sending path) and read at start-up, so a restart does not reset the
+counters.  The global count is the sum of the senders' counts for the day.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mup.eventlog import EventLog
 from mup.ratelimit import TokenBucket
+from mup.store import StateStore
+from mup.store.table import StateTable, import_file, read_json_lines
 
-__all__ = ["Quota"]
+__all__ = ["Budget", "Quota"]
 
 log = Logger()
 
-FILENAME = "sms-quota.jsonl"
+TABLE = "quota"
+LEGACY_FILENAME = "sms-quota.jsonl"
+"""The JSON-lines file of reservations before the state store: imported at start-up."""
 
 
 def _day(seconds: float) -> str:
@@ -38,14 +43,37 @@ def _until_midnight(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-class Quota:
-    """The SMS budget.  ``reserve`` before sending, ``refund`` if the gateway did not take it."""
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a sender may still send, and when it comes back (``quota.budget(sender)``)."""
 
-    def __init__(self, state_directory: str, clock: IReactorTime, sender_burst: int = 5,
-                 sender_rate: float = 10.0, sender_daily: int = 50, global_daily: int = 500
-                 ) -> None:
-        self._log = EventLog(os.path.join(state_directory, FILENAME), clock=clock
-                             ) if state_directory else None
+    sent_today: int
+    """Segments the sender sent today (UTC)."""
+    daily_left: int | None
+    """Of the per-sender daily quota; None when there is none."""
+    global_left: int | None
+    """Of the global daily cap; None when there is none."""
+    now: int | None
+    """Segments that may go out right now, within every limit; None: no limit at all."""
+    next_in: float
+    """Seconds until the bucket gives one more segment (0 if it is full or unlimited)."""
+    full_in: float
+    """Seconds until the bucket is full again (``sender_burst`` at once)."""
+    resets_in: float
+    """Seconds until midnight UTC, when the daily counts start again."""
+
+
+class Quota:
+    """The SMS budget.  ``reserve`` before sending, ``refund`` if the gateway did not take it.
+
+    ``store`` keeps it (a :class:`mup.store.StateStore`); its ``quota`` table is loaded when
+    built (at once with SQLiteStateStore), and until then every reservation is refused.  With a
+    ``legacy_directory``, an ``sms-quota.jsonl`` left there by an older mup is imported."""
+
+    def __init__(self, store: StateStore, clock: IReactorTime, sender_burst: int = 5,
+                 sender_rate: float = 10.0, sender_daily: int = 50, global_daily: int = 500,
+                 legacy_directory: str = "") -> None:
+        self._table = StateTable(store, TABLE, "SMS quota")
         self._clock = clock
         self.sender_burst = sender_burst
         self.sender_rate = sender_rate / 3600.0
@@ -55,20 +83,27 @@ class Quota:
         self._global = 0
         self._daily: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self._events: list[tuple[float, str, int]] = []
-        """Reservations (and refunds, negative) still needed to rebuild the state."""
-        self._load()
+        self._legacy = os.path.join(legacy_directory, LEGACY_FILENAME) if legacy_directory \
+            else ""
+        self.loaded = False
+        """True once the table was read: reservations are refused before (fail closed)."""
+        self._table.load().addCallbacks(self._loaded, self._load_failed)
 
     @classmethod
-    def from_config(cls, config: Any, clock: IReactorTime) -> Quota:
+    def from_config(cls, config: Any, clock: IReactorTime, store: StateStore) -> Quota:
         sms = config.section("sms")
-        return cls(config.resolve_path(config.section("state").directory), clock,
-                   sms.sender_burst, sms.sender_rate, sms.sender_daily, sms.global_daily)
+        return cls(store, clock, sms.sender_burst, sms.sender_rate, sms.sender_daily,
+                   sms.global_daily,
+                   legacy_directory=config.resolve_path(config.section("state").directory))
 
     # The budget.
 
     def reserve(self, sender: str, segments: int) -> str | None:
         """Take ``segments`` from ``sender``'s budget; None if allowed, else why not (a reply)."""
+        if not self.loaded or self._table.failing:
+            self._table.retry()
+            return ("I can't record the SMS budget right now (the bot's state cannot be "
+                    "written); tell the bot's operator.")
         self._roll()
         key = sender.lower()
         if self.global_daily and self._global + segments > self.global_daily:
@@ -88,18 +123,9 @@ class Quota:
             wait = bucket.delay(segments)
             return (f"You are sending SMS too fast; try again in "
                     f"{_human_seconds(wait)}.")
-        try:
-            self._record(key, segments)
-        except OSError as e:
-            self._buckets[key] = TokenBucket(  # give the tokens back: nothing was taken
-                self.sender_burst, self.sender_rate, self._clock,
-                tokens=min(bucket.tokens + segments, self.sender_burst))
-            log.error("SMS quota state {path} cannot be written: {error}",
-                      path=self._log.path if self._log else "", error=e)
-            return ("I can't record the SMS budget right now (the state directory is not "
-                    "writable); tell the bot's operator.")
         self._daily[key] = used + segments
         self._global += segments
+        self._save(key)
         return None
 
     def refund(self, sender: str, segments: int) -> None:
@@ -112,7 +138,7 @@ class Quota:
         bucket = self._bucket(key)
         self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
                                          tokens=min(bucket.tokens + segments, self.sender_burst))
-        self._record(key, -segments)
+        self._save(key)
 
     def used(self, sender: str) -> int:
         """Segments ``sender`` sent today."""
@@ -123,6 +149,27 @@ class Quota:
     def used_globally(self) -> int:
         self._roll()
         return self._global
+
+    def budget(self, sender: str) -> Budget:
+        """What ``sender`` may still send and when it refills (for ``@sms`` with no text)."""
+        self._roll()
+        key = sender.lower()
+        used = self._daily.get(key, 0)
+        now = self._clock.seconds()
+        daily_left = max(self.sender_daily - used, 0) if self.sender_daily else None
+        global_left = max(self.global_daily - self._global, 0) if self.global_daily else None
+        limits = [n for n in (daily_left, global_left) if n is not None]
+        next_in = full_in = 0.0
+        if self.sender_rate:
+            bucket = self._buckets.get(key)
+            tokens = bucket.tokens if bucket is not None else float(self.sender_burst)
+            limits.append(min(int(tokens + 1e-9), self.sender_burst))
+            if tokens < self.sender_burst:
+                next_in = (math.floor(tokens + 1e-9) + 1 - tokens) / self.sender_rate
+                full_in = (self.sender_burst - tokens) / self.sender_rate
+        return Budget(sent_today=used, daily_left=daily_left, global_left=global_left,
+                      now=min(limits) if limits else None, next_in=next_in, full_in=full_in,
+                      resets_in=86400 - now % 86400)
 
     # Keeping it.
 
@@ -138,60 +185,85 @@ class Quota:
         if today != self._day:
             self._day, self._global, self._daily = today, 0, {}
 
-    def _horizon(self) -> float:
-        """How far back events still matter: today's quota, and a bucket's refill."""
-        refill = self.sender_burst / self.sender_rate if self.sender_rate else 0.0
-        return max(86400.0, refill)
+    def _save(self, key: str) -> None:
+        """Write ``key``'s row behind: today's count, and the bucket as of now."""
+        bucket = self._buckets.get(key)
+        row: dict[str, Any] = {"day": self._day, "used": self._daily.get(key, 0)}
+        if bucket is not None:
+            row["tokens"] = bucket.tokens
+            row["stamp"] = self._clock.seconds()
+        self._table.put(key, row)
 
-    def _record(self, key: str, segments: int) -> None:
+    def _loaded(self, rows: dict[str, Any]) -> None:
+        self._apply(rows)
+        if self._legacy:
+            import_file(self._table, self._legacy, self._read_legacy, self._apply)
+        # Rows of earlier days whose bucket has refilled say nothing any more.
         now = self._clock.seconds()
-        if self._log is not None:
-            self._log.append({"t": now, "s": key, "n": segments})
-        self._events.append((now, key, segments))
-        if self._log is None:
-            return
-        if self._log.lines > 2 * len(self._events) + 1000:
-            self._prune(now)
-            self._log.compact({"t": t, "s": k, "n": n} for t, k, n in self._events)
+        for key in rows:
+            if key not in self._daily and self._refilled(key, now):
+                self._buckets.pop(key, None)
+                self._table.delete(key)
+        self.loaded = True
 
-    def _prune(self, now: float) -> None:
-        cutoff = now - self._horizon()
-        self._events = [e for e in self._events if e[0] >= cutoff]
+    def _refilled(self, key: str, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        return bucket is None or not self.sender_rate or bucket.tokens >= self.sender_burst
 
-    def _load(self) -> None:
-        if self._log is None:
-            return
-        try:
-            records = self._log.read()
-        except (OSError, ValueError) as e:
-            log.error("SMS quota state {path} unreadable ({error}); starting with the "
-                      "budget spent until it is fixed", path=self._log.path, error=e)
-            self._global = self.global_daily or 10 ** 9
-            self._log = None
-            return
+    def _apply(self, rows: dict[str, Any]) -> None:
+        """Take ``rows`` (sender -> row) into memory, replacing what was there for them."""
         now = self._clock.seconds()
-        for record in records:
+        for key, row in rows.items():
+            try:
+                day, used = str(row["day"]), int(row["used"])
+                tokens = float(row["tokens"]) if "tokens" in row else None
+                stamp = min(float(row["stamp"]), now) if "stamp" in row else None
+            except (KeyError, TypeError, ValueError):
+                log.warn("SMS quota: the row for {sender} is unreadable; ignored", sender=key)
+                continue
+            if day == self._day and used > 0:
+                self._daily[key] = used
+            else:
+                self._daily.pop(key, None)
+            if tokens is not None and stamp is not None and self.sender_rate:
+                self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate,
+                                                 self._clock,
+                                                 tokens=min(tokens, float(self.sender_burst)),
+                                                 stamp=stamp)
+        self._global = sum(self._daily.values())
+
+    def _load_failed(self, failure: Any) -> None:
+        log.error("SMS quota state cannot be read ({error}); every SMS is refused until it "
+                  "is fixed", error=failure.getErrorMessage())
+
+    def _read_legacy(self, path: str) -> dict[str, Any]:
+        """The old ``sms-quota.jsonl`` (reservations and refunds, one per line) as rows: the
+        reservations replayed as the old code did at start-up."""
+        now = self._clock.seconds()
+        events = []
+        for record in read_json_lines(path):
             try:
                 t, key, n = float(record["t"]), str(record["s"]), int(record["n"])
             except (KeyError, TypeError, ValueError):
                 continue
-            self._events.append((min(t, now), key, n))
-        self._events.sort()
-        self._prune(now)
+            events.append((min(t, now), key, n))
+        events.sort(key=lambda e: e[0])  # by time only: a refund stays after its reservation
+        daily: dict[str, int] = {}
         tokens: dict[str, tuple[float, float]] = {}
-        for t, key, n in self._events:
+        for t, key, n in events:
             if _day(t) == self._day:
-                self._daily[key] = max(self._daily.get(key, 0) + n, 0)
-                self._global = max(self._global + n, 0)
+                daily[key] = max(daily.get(key, 0) + n, 0)
             if self.sender_rate:
                 left, stamp = tokens.get(key, (float(self.sender_burst), t))
                 left = min(self.sender_burst, left + (t - stamp) * self.sender_rate)
                 tokens[key] = (min(left - n, float(self.sender_burst)), t)
-        for key, (left, stamp) in tokens.items():
-            self._buckets[key] = TokenBucket(self.sender_burst, self.sender_rate, self._clock,
-                                             tokens=left, stamp=stamp)
-        if self._log.lines > len(self._events):
-            self._log.compact({"t": t, "s": k, "n": n} for t, k, n in self._events)
+        rows: dict[str, Any] = {}
+        for key in {k for _, k, _ in events}:
+            row: dict[str, Any] = {"day": self._day, "used": daily.get(key, 0)}
+            if key in tokens:
+                row["tokens"], row["stamp"] = tokens[key]
+            rows[key] = row
+        return rows
 
 
 def _human_seconds(seconds: float) -> str:

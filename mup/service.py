@@ -46,14 +46,18 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     from mup.quota import Quota
 
     sms_sent: list[Any] = []
-    outbox = Outbox.from_config(config, reactor)
+    from mup.store.table import ClosingService
+
+    state = _state_store(config, reactor)
+    ClosingService(state).setServiceParent(top)
+    outbox = Outbox.from_config(config, reactor, state)
     gateway = gateway_from_config(config, reactor)
     if gateway is not None and directory is not None:
         def on_sent(number: str, nick: str) -> None:
             for hook in sms_sent:
                 hook(number, nick)
 
-        commands.add(sms(directory, gateway, Quota.from_config(config, reactor), config,
+        commands.add(sms(directory, gateway, Quota.from_config(config, reactor, state), config,
                          on_sent=on_sent, outbox=outbox))
     elif gateway is not None:
         from twisted.logger import Logger
@@ -67,12 +71,22 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
     # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.
     if config.webhook.endpoint or config.inbound.relay_url:
-        _inbound(config, reactor, top, irc, directory, outbox, sms_sent)
+        _inbound(config, reactor, top, irc, directory, outbox, sms_sent, state)
     return top
 
 
+def _state_store(config: Config, reactor: Any) -> Any:
+    """The StateStore of ``[state] directory`` (kept in memory when it is ""), opened and read
+    now, before the reactor runs; a service closes it last.  StoreOpenError: one line, exit 1."""
+    from mup.store.memory import MemoryStateStore
+    from mup.store.sqlitestate import SQLiteStateStore
+
+    directory = config.resolve_path(config.state.directory) if config.state.directory else ""
+    return SQLiteStateStore.open(directory, reactor) if directory else MemoryStateStore()
+
+
 def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, directory: Any,
-             outbox: Any, sms_sent: list[Any]) -> None:
+             outbox: Any, sms_sent: list[Any], state: Any) -> None:
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
     from mup.journal import Journal
@@ -81,7 +95,8 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
     from mup.webhook import Receiver, WebhookService
 
     window = parse_duration(config.inbound.reply_window)
-    routes = ReplyRoutes(config.resolve_path(config.state.directory), window, reactor)
+    routes = ReplyRoutes(state, window, reactor,
+                         legacy_directory=config.resolve_path(config.state.directory))
     sms_sent.append(routes.record)
     try:
         router = Router(channels=config.irc.channels,

@@ -17,6 +17,7 @@ from mup.gateways.inbound import journal_entry
 from mup.irc import NotDelivered
 from mup.routes import ReplyRoutes
 from mup.routing import Route, Router
+from mup.store.memory import MemoryStateStore
 
 _sync = SynchronousTestCase()
 N = "+447911123456"   # niemeyer's mobile
@@ -73,7 +74,7 @@ class Harness:
         self.clock.advance(1_700_000_000)
         self.journal = journal if journal is not None else FakeJournal()
         self.irc = DroppingIRC(present=("alice",))
-        self.routes = ReplyRoutes(str(tmp_path), 12 * 3600, self.clock)
+        self.routes = ReplyRoutes(MemoryStateStore(), 12 * 3600, self.clock)
         self.router = Router(channels=["#ops", "#dev"], default_channel="#ops",
                              unknown_senders="mask", region="GB",
                              directory=FakeDirectory([NIEMEYER, JOE]), routes=self.routes,
@@ -579,7 +580,7 @@ class Wire:
 def wire_delivery(tmp_path, wire: Wire) -> tuple[Delivery, FakeJournal, list]:
     router = Router(channels=["#ops"], default_channel="#ops", unknown_senders="mask",
                     region="GB", directory=FakeDirectory([NIEMEYER, JOE]),
-                    routes=ReplyRoutes(str(tmp_path), 12 * 3600, wire.clock),
+                    routes=ReplyRoutes(MemoryStateStore(), 12 * 3600, wire.clock),
                     is_present=wire.service.is_present)
     journal, acked = FakeJournal(), []
     delivery = Delivery(journal, wire.service, router, clock=wire.clock, hint=False,

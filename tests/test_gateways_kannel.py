@@ -146,6 +146,7 @@ def test_command_replies_through_real_kannel(kannel, sms_reactor, tmp_path):
     from mup.commands.sms import sms
     from mup.config import parse
     from mup.quota import Quota
+    from mup.store.memory import MemoryStateStore
 
     class Directory:
         def by_account(self, account):
@@ -160,8 +161,8 @@ def test_command_replies_through_real_kannel(kannel, sms_reactor, tmp_path):
 
     config = parse({"sms": {"gateway": "kannel", "default_region": "GB"},
                     "state": {"directory": str(tmp_path)}})
-    commands = Commands([sms(Directory(), gateway(kannel), Quota.from_config(config, reactor),
-                             config)])
+    quota = Quota.from_config(config, reactor, MemoryStateStore())
+    commands = Commands([sms(Directory(), gateway(kannel), quota, config)])
 
     def say(text):
         return sms_reactor.call(commands.run, "sms", Request("joe", text, None, "", "joe"))

@@ -1,10 +1,20 @@
-"""The SMS budget: per-sender bucket and daily quota, global daily cap, kept across restarts."""
+"""The SMS budget: per-sender bucket and daily quota, global daily cap, kept across restarts
+(in the real SQLite state store on a tmp dir, written on the clock's turn), and imported from
+the JSON-lines file of older mups."""
 
+import shutil
+from pathlib import Path
+
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from mup.quota import Quota
+from mup.store import StoreError
+from mup.store.memory import MemoryStateStore
+from mup.store.sqlitestate import SQLiteStateStore
 
 MIDDAY = 1_800_000_000 - 1_800_000_000 % 86400 + 12 * 3600
+OLD = Path(__file__).parent / "data" / "state-v0"
 
 
 def clock_at(t=MIDDAY):
@@ -13,15 +23,23 @@ def clock_at(t=MIDDAY):
     return clock
 
 
-def make(tmp_path, clock, **kw):
+def make(store, clock, **kw):
     settings = {"sender_burst": 5, "sender_rate": 10.0, "sender_daily": 50, "global_daily": 500}
     settings.update(kw)
-    return Quota(str(tmp_path), clock, **settings)
+    return Quota(store, clock, **settings)
 
 
-def test_burst_then_rate(tmp_path):
+def restart(store, tmp_path, clock):
+    """Let the writes commit, close the store and open it again."""
+    d = store.close()
+    clock.advance(0)
+    assert d.called
+    return SQLiteStateStore.open(str(tmp_path), clock)
+
+
+def test_burst_then_rate():
     clock = clock_at()
-    q = make(tmp_path, clock)
+    q = make(MemoryStateStore(), clock)
     assert q.reserve("joe", 3) is None
     assert q.reserve("joe", 2) is None
     assert "too fast; try again in 6 min" in q.reserve("joe", 1)
@@ -34,143 +52,174 @@ def test_burst_then_rate(tmp_path):
 
 def test_restart_keeps_counters(tmp_path):
     clock = clock_at()
-    q = make(tmp_path, clock, sender_daily=6, sender_burst=10)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    q = make(store, clock, sender_daily=6, sender_burst=10)
     assert q.reserve("Joe", 4) is None
     assert q.reserve("ann", 2) is None
-    again = make(tmp_path, clock, sender_daily=6, sender_burst=10)
+    store = restart(store, tmp_path, clock)
+    again = make(store, clock, sender_daily=6, sender_burst=10)
     assert again.used("joe") == 4 and again.used_globally == 6
     assert "2 of your 6 SMS segments left today" in again.reserve("joe", 3)
     # The bucket is kept too: 4 of 10 taken, at 10/h.
-    third = make(tmp_path, clock, sender_daily=0, sender_burst=10)
+    store = restart(store, tmp_path, clock)
+    third = make(store, clock, sender_daily=0, sender_burst=10)
     assert third.reserve("joe", 6) is None
     assert "too fast" in third.reserve("joe", 1)
 
 
+def test_reserving_does_not_wait_for_the_disk(tmp_path):
+    """Written behind: the row is committed on the writer's turn, not inside reserve()."""
+    import sqlite3
+
+    clock = clock_at()
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    q = make(store, clock)
+    assert q.reserve("joe", 2) is None
+
+    def rows():
+        with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+            return db.execute("SELECT key FROM state WHERE tbl = 'quota'").fetchall()
+
+    assert rows() == []
+    clock.advance(0)
+    assert rows() == [("joe",)]
+    store.close()
+    clock.advance(0)
+
+
 def test_new_day_resets(tmp_path):
     clock = clock_at()
-    q = make(tmp_path, clock, sender_daily=2, sender_rate=0)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    q = make(store, clock, sender_daily=2, sender_rate=0)
     assert q.reserve("joe", 2) is None
     reply = q.reserve("joe", 1)
     assert "resets in 12 h (midnight UTC)" in reply
     clock.advance(12 * 3600)
     assert q.reserve("joe", 1) is None
     # A restart on the new day does not bring yesterday back.
-    assert make(tmp_path, clock, sender_daily=2, sender_rate=0).used("joe") == 1
+    store = restart(store, tmp_path, clock)
+    assert make(store, clock, sender_daily=2, sender_rate=0).used("joe") == 1
+    # Nor does one the day after: and the stale row is dropped.
+    clock.advance(86400)
+    store = restart(store, tmp_path, clock)
+    assert make(store, clock, sender_daily=2, sender_rate=0).used("joe") == 0
+    clock.advance(0)
+    assert store.load("quota").result == {}
 
 
-def test_global_cap(tmp_path):
+def test_global_cap():
     clock = clock_at()
-    q = make(tmp_path, clock, global_daily=7)
+    q = make(MemoryStateStore(), clock, global_daily=7)
     assert q.reserve("a", 5) is None
     assert "budget for everyone today (7 segments) is spent" in q.reserve("b", 3)
     assert q.reserve("b", 2) is None
 
 
-def test_refund(tmp_path):
-    clock = clock_at()
-    q = make(tmp_path, clock)
+def test_refund():
+    q = make(MemoryStateStore(), clock_at())
     assert q.reserve("joe", 5) is None
     q.refund("joe", 5)
     assert q.used("joe") == 0 and q.used_globally == 0
     assert q.reserve("joe", 5) is None
 
 
-def test_more_than_a_burst(tmp_path):
-    q = make(tmp_path, clock_at(), sender_burst=2)
+def test_more_than_a_burst():
+    q = make(MemoryStateStore(), clock_at(), sender_burst=2)
     assert "more than the 2 you may send at once" in q.reserve("joe", 3)
 
 
-def test_zero_means_no_limit(tmp_path):
-    q = make(tmp_path, clock_at(), sender_rate=0, sender_daily=0, global_daily=0)
+def test_zero_means_no_limit():
+    q = make(MemoryStateStore(), clock_at(), sender_rate=0, sender_daily=0, global_daily=0)
     for _ in range(100):
         assert q.reserve("joe", 3) is None
+    b = q.budget("joe")
+    assert (b.sent_today, b.daily_left, b.global_left, b.now) == (300, None, None, None)
 
 
-def test_torn_last_line_is_skipped(tmp_path):
+def test_budget_says_what_is_left_and_when_it_refills():
     clock = clock_at()
-    q = make(tmp_path, clock, sender_burst=10)
-    assert q.reserve("joe", 3) is None
-    with open(tmp_path / "sms-quota.jsonl", "a") as f:
-        f.write('{"t": 1800000000, "s": "joe", "n"')  # a crash mid-write
-    again = make(tmp_path, clock, sender_burst=10)
-    assert again.used("joe") == 3
-    assert again.reserve("joe", 1) is None
-    assert make(tmp_path, clock, sender_burst=10).used("joe") == 4
+    q = make(MemoryStateStore(), clock, sender_burst=5, sender_rate=10.0, sender_daily=50,
+             global_daily=500)
+    fresh = q.budget("Joe")
+    assert (fresh.sent_today, fresh.daily_left, fresh.global_left, fresh.now) == (0, 50, 500, 5)
+    assert fresh.next_in == 0 and fresh.full_in == 0 and fresh.resets_in == 12 * 3600
+    assert q.reserve("joe", 5) is None
+    assert q.reserve("ann", 2) is None
+    b = q.budget("JOE")
+    assert (b.sent_today, b.daily_left, b.global_left, b.now) == (5, 45, 493, 0)
+    assert round(b.next_in) == 360 and round(b.full_in) == 1800  # 10 per hour
+    clock.advance(400)
+    b = q.budget("joe")
+    assert b.now == 1 and round(b.next_in) == 320
+    # The smallest limit wins: two left today for everyone.
+    q2 = make(MemoryStateStore(), clock, global_daily=2)
+    assert q2.budget("joe").now == 2
 
 
-def test_unreadable_state_fails_closed(tmp_path):
-    (tmp_path / "sms-quota.jsonl").mkdir()  # cannot be read as a file
-    q = make(tmp_path, clock_at())
-    assert "budget for everyone" in q.reserve("joe", 1)
+class FlakyStore(MemoryStateStore):
+    """Memory, with writes (or the load) that fail while ``broken``: a full disk."""
 
-
-def test_file_stays_small(tmp_path):
-    clock = clock_at()
-    q = make(tmp_path, clock, sender_rate=0, sender_daily=0, global_daily=0)
-    for _ in range(3):
-        for _ in range(400):
-            q.reserve("joe", 1)
-        clock.advance(86400)
-    lines = (tmp_path / "sms-quota.jsonl").read_text().count("\n")
-    assert lines <= 2 * 400 + 1000
-    assert make(tmp_path, clock, sender_rate=0, sender_daily=0, global_daily=0).used("joe") == 0
-
-
-def test_one_fsync_for_a_burst_of_appends(tmp_path):
-    clock = clock_at()
-    q = make(tmp_path, clock)
-    q.reserve("joe", 1)
-    q.reserve("ann", 1)
-    assert len(clock.getDelayedCalls()) == 1  # the coalesced fsync, off the sending path
-    clock.advance(0.05)
-    assert clock.getDelayedCalls() == []
-    # Already readable by a new process before the fsync: it was flushed at once.
-    q.reserve("joe", 1)
-    assert make(tmp_path, clock).used("joe") == 2
-
-
-def test_unwritable_state_refuses_and_takes_nothing(tmp_path):
-    clock = clock_at()
-    q = make(tmp_path, clock)
-    (tmp_path / "sms-quota.jsonl").unlink(missing_ok=True)
-    (tmp_path / "sms-quota.jsonl").mkdir()  # appending now fails
-    assert "can't record the SMS budget" in q.reserve("joe", 5)
-    assert q.used("joe") == 0
-    (tmp_path / "sms-quota.jsonl").rmdir()
-    assert q.reserve("joe", 5) is None  # the bucket was not drained by the failure
-
-
-class ThreadedClock(Clock):
-    """A Clock that is also a reactor with threads: work handed to a thread is kept here."""
-
-    def __init__(self):
+    def __init__(self, broken=False, unreadable=False):
         super().__init__()
-        self.in_thread = []
+        self.broken = broken
+        self.unreadable = unreadable
 
-    def callInThread(self, f, *args):  # noqa: N802 - the reactor's name
-        self.in_thread.append((f, args))
+    def load(self, table):
+        if self.unreadable:
+            return defer.fail(StoreError("no such table"))
+        return super().load(table)
+
+    def put(self, table, key, value):
+        if self.broken:
+            return defer.fail(StoreError("database or disk is full"))
+        return super().put(table, key, value)
 
 
-def test_the_timed_fsync_runs_in_a_thread_on_its_own_descriptor(tmp_path, monkeypatch):
-    import os
+def test_unwritable_state_refuses_until_it_is_written_again():
+    """Behaviour change from the JSON-lines file: a write now fails behind the reservation that
+    made it, so the next one is refused (fail closed) until the store takes writes again."""
+    clock = clock_at()
+    store = FlakyStore()
+    q = make(store, clock)
+    store.broken = True
+    assert q.reserve("joe", 2) is None  # the write fails behind it
+    assert "can't record the SMS budget" in q.reserve("joe", 1)
+    assert q.used("joe") == 2
+    store.broken = False
+    assert "can't record the SMS budget" in q.reserve("joe", 1)  # and writes joe's row again
+    assert store.tables["quota"]["joe"]["used"] == 2
+    assert q.reserve("joe", 1) is None
+    assert store.tables["quota"]["joe"]["used"] == 3
 
-    clock = ThreadedClock()
-    clock.advance(MIDDAY)
-    q = make(tmp_path, clock)
-    q.reserve("joe", 1)
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    clock.advance(0.05)
-    assert synced == [] and len(clock.in_thread) == 1  # nothing blocked the reactor
-    q._log.close()  # the file may close before the thread runs: the thread has its own fd
-    assert len(synced) == 1  # close() syncs at once, in place
-    f, args = clock.in_thread[0]
-    f(*args)
-    assert synced[1] == args[0]
-    try:
-        os.fstat(args[0])
-        raise AssertionError("the thread's descriptor was left open")
-    except OSError:
-        pass
-    assert make(tmp_path, Clock()).used("joe") == 1
+
+def test_unreadable_state_fails_closed():
+    q = make(FlakyStore(unreadable=True), clock_at())
+    assert "can't record the SMS budget" in q.reserve("joe", 1)
+
+
+def test_imports_the_old_jsonl_file_once(tmp_path):
+    """tests/data/state-v0 was written by the JSON-lines code: joe sent 3 + 2 today, pat's 2
+    were refunded, ann's 4 were yesterday."""
+    shutil.copy(OLD / "sms-quota.jsonl", tmp_path)
+    clock = clock_at(1_800_007_800)  # 10:10 UTC, when the file was written
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    q = make(store, clock, legacy_directory=str(tmp_path))
+    assert (q.used("joe"), q.used("pat"), q.used("ann"), q.used_globally) == (5, 0, 0, 5)
+    # joe's bucket: 5 - 3 at 10:00, + 10/h for 10 min, - 2 at 10:10.
+    assert q.budget("joe").now == 1
+    clock.advance(0)  # committed: the file is moved aside, not deleted
+    assert not (tmp_path / "sms-quota.jsonl").exists()
+    assert (tmp_path / "sms-quota.jsonl.imported").read_bytes() == \
+        (OLD / "sms-quota.jsonl").read_bytes()
+    store = restart(store, tmp_path, clock)
+    again = make(store, clock, legacy_directory=str(tmp_path))
+    assert (again.used("joe"), again.used_globally, again.budget("joe").now) == (5, 5, 1)
+
+
+def test_old_file_with_a_torn_last_line_imports_the_rest(tmp_path):
+    (tmp_path / "sms-quota.jsonl").write_bytes((OLD / "sms-quota.jsonl").read_bytes()
+                                               + b'{"t": 1800007800, "s": "joe", "n"')
+    clock = clock_at(1_800_007_800)
+    q = make(SQLiteStateStore.open(str(tmp_path), clock), clock,
+             legacy_directory=str(tmp_path))
+    assert q.used("joe") == 5

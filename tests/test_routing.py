@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import shutil
+from pathlib import Path
 
 import pytest
 from fixtures_inbound import JOE, NIEMEYER, FakeDirectory
@@ -11,17 +12,20 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.gateway import InboundSMS
-from mup.routes import FILENAME, ReplyRoutes
+from mup.routes import ReplyRoutes
 from mup.routing import Route, Router
+from mup.store.memory import MemoryStateStore
+from mup.store.sqlitestate import SQLiteStateStore
 
 _sync = SynchronousTestCase()
+OLD = Path(__file__).parent / "data" / "state-v0"
 
 
 
 def make_router(tmp_path, unknown: str = "mask", directory=None, present=("alice",),
                 clock: Clock | None = None) -> tuple[Router, ReplyRoutes]:
     clock = clock or Clock()
-    routes = ReplyRoutes(str(tmp_path), 12 * 3600, clock)
+    routes = ReplyRoutes(MemoryStateStore(), 12 * 3600, clock)
     router = Router(channels=["#ops", "#Dev[1]"], default_channel="#ops", unknown_senders=unknown,
                     region="GB", directory=directory or FakeDirectory([NIEMEYER, JOE]),
                     routes=routes, is_present=lambda nick: nick.lower() in present)
@@ -105,30 +109,73 @@ def test_default_channel_falls_back_to_first_channel(tmp_path) -> None:
                directory=None, routes=None, is_present=lambda n: False)
 
 
+def reopen(store, tmp_path, clock):
+    """Let the writes commit, close the state store and open it again."""
+    d = store.close()
+    clock.advance(0)
+    assert d.called
+    return SQLiteStateStore.open(str(tmp_path), clock)
+
+
 def test_reply_routes_persist(tmp_path) -> None:
     clock = Clock()
     clock.advance(1000)
-    ReplyRoutes(str(tmp_path), 60, clock).record("+447911123456", "joe")
-    again = ReplyRoutes(str(tmp_path), 60, clock)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    ReplyRoutes(store, 60, clock).record("+447911123456", "joe")
+    store = reopen(store, tmp_path, clock)
+    again = ReplyRoutes(store, 60, clock)
     assert again.lookup("+447911123456") == "joe"
     clock.advance(61)
-    assert ReplyRoutes(str(tmp_path), 60, clock).lookup("+447911123456") is None
+    store = reopen(store, tmp_path, clock)
+    assert ReplyRoutes(store, 60, clock).lookup("+447911123456") is None
+    clock.advance(0)
+    assert store.load("routes").result == {}  # the expired route was dropped from the store
 
 
-def test_reply_routes_latest_sender_wins(tmp_path) -> None:
-    routes = ReplyRoutes(str(tmp_path), 60, Clock())
+def test_reply_routes_latest_sender_wins() -> None:
+    routes = ReplyRoutes(MemoryStateStore(), 60, Clock())
     routes.record("+1", "joe")
     routes.record("+1", "ann")
     assert routes.lookup("+1") == "ann"
 
 
+def test_recording_a_route_does_no_file_io(tmp_path, monkeypatch) -> None:
+    """Regression: every SMS rewrote and fsync'd a JSON file on the reactor thread."""
+    import os
+
+    clock = Clock()
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    routes = ReplyRoutes(store, 60, clock)
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("fsync on the reactor thread"))
+    monkeypatch.setattr(os, "replace", lambda *a: pytest.fail("rename on the reactor thread"))
+    routes.record("+1", "joe")
+    assert store.load("routes").result == {"+1": ["joe", 0.0]}
+
+
+def test_reply_routes_import_the_old_json_file(tmp_path) -> None:
+    """tests/data/state-v0/reply-routes.json was written by the JSON code at 10:10 UTC."""
+    shutil.copy(OLD / "reply-routes.json", tmp_path)
+    clock = Clock()
+    clock.advance(1_800_007_800 + 3600)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    routes = ReplyRoutes(store, 12 * 3600, clock, legacy_directory=str(tmp_path))
+    assert routes.lookup("+447911123456") == "joe" and routes.lookup("+15555550100") == "ann"
+    clock.advance(0)
+    assert not (tmp_path / "reply-routes.json").exists()
+    assert (tmp_path / "reply-routes.json.imported").exists()
+    store = reopen(store, tmp_path, clock)
+    assert ReplyRoutes(store, 12 * 3600, clock).lookup("+15555550100") == "ann"
+
+
 @pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"+1": 5}', '{"+1": ["joe"]}'])
-def test_reply_routes_unreadable_file_starts_afresh(tmp_path, content) -> None:
-    (tmp_path / FILENAME).write_text(content)
-    routes = ReplyRoutes(str(tmp_path), 60, Clock())
+def test_reply_routes_unreadable_old_file_starts_afresh(tmp_path, content) -> None:
+    (tmp_path / "reply-routes.json").write_text(content)
+    clock = Clock()
+    routes = ReplyRoutes(SQLiteStateStore.open(str(tmp_path), clock), 60, clock,
+                         legacy_directory=str(tmp_path))
     assert routes.lookup("+1") is None
     routes.record("+1", "joe")
-    assert json.loads((tmp_path / FILENAME).read_text())["+1"][0] == "joe"
+    assert routes.lookup("+1") == "joe"
 
 
 def test_private_for_someone_not_on_irc_goes_to_the_channel_addressed(tmp_path) -> None:

@@ -17,6 +17,7 @@ from mup.gateways.twilio import TwilioGateway
 from mup.ldap import DirectoryError
 from mup.outbox import Outbox
 from mup.quota import Quota
+from mup.store.sqlitestate import SQLiteStateStore
 from mup.testing.fakes import FakeTwilio
 
 
@@ -74,8 +75,9 @@ class World:
                                      **sms_config},
                              "state": {"directory": str(tmp_path)}})
         self.directory = Directory(PEOPLE, ACCOUNTS)
-        self.quota = Quota.from_config(self.config, self.clock)
-        self.outbox = Outbox.from_config(self.config, self.clock)
+        self.store = SQLiteStateStore.open(str(tmp_path), self.clock)
+        self.quota = Quota.from_config(self.config, self.clock, self.store)
+        self.outbox = Outbox.from_config(self.config, self.clock, self.store)
         self.sent = []
         self.commands = Commands([sms(self.directory, self.gateway, self.quota, self.config,
                                       on_sent=lambda n, r: self.sent.append((n, r)),
@@ -89,9 +91,21 @@ class World:
         return " ".join(lines)
 
 
+    def restart(self, tmp_path):
+        """Let the state commit, close the store and open it again."""
+        d = self.store.close()
+        self.clock.advance(0)
+        assert d.called
+        self.store = SQLiteStateStore.open(str(tmp_path), self.clock)
+        return self.store
+
+
 @pytest.fixture
 def world(tmp_path):
-    return World(tmp_path)
+    world = World(tmp_path)
+    yield world
+    world.store.close()
+    world.clock.advance(0)
 
 
 def test_sends_signed_with_directory_nick(world):
@@ -216,30 +230,67 @@ def test_delivery_report_reaches_sender(world):
 def test_failed_report_survives_restart(world, tmp_path):
     world.say("niemeyer hi")
     sid = world.fake.messages[0]["sid"]
-    outbox = Outbox(str(tmp_path), world.clock)
+    outbox = Outbox(world.restart(tmp_path), world.clock)
     assert outbox.report(DeliveryReport("twilio", sid, "failed", "Twilio error 30005\r\nx")) == (
         "joe", "SMS to niemeyer could not be delivered: Twilio error 30005 x")
 
 
-def test_outbox_log_compacts_and_survives_torn_line(tmp_path):
+def reopen(store, tmp_path, clock):
+    d = store.close()
+    clock.advance(0)
+    assert d.called
+    return SQLiteStateStore.open(str(tmp_path), clock)
+
+
+def test_outbox_forgets_what_was_reported_and_what_is_too_old(tmp_path):
     clock = Clock()
-    outbox = Outbox(str(tmp_path), clock)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    outbox = Outbox(store, clock, keep=3600)
     for i in range(1500):
         outbox.record(f"r{i}", "kannel", "", "joe", "niemeyer")
         outbox.report(DeliveryReport("kannel", f"r{i}", "delivered"))
+    outbox.record("old", "kannel", "", "joe", "pat")
+    clock.advance(1800)
     outbox.record("last", "kannel", "", "joe", "niemeyer")
-    path = tmp_path / "sms-outbox.jsonl"
-    assert path.read_text().count("\n") < 1100
-    with open(path, "a") as f:
-        f.write('{"sent": {"refer')
-    again = Outbox(str(tmp_path), clock)
-    assert len(again) == 1
-    again.record("after", "kannel", "", "ann", "pat")
-    third = Outbox(str(tmp_path), clock)
+    store = reopen(store, tmp_path, clock)
+    assert sorted(store.load("outbox").result) == ["last", "old"]
+    again = Outbox(store, clock, keep=3600)
+    assert len(again) == 2
+    clock.advance(1801)
+    again.record("after", "kannel", "", "ann", "pat")  # "old" is past keep now
+    store = reopen(store, tmp_path, clock)
+    assert sorted(store.load("outbox").result) == ["after", "last"]
+    third = Outbox(store, clock, keep=3600)
     assert third.report(DeliveryReport("kannel", "after", "delivered")) == (
         "ann", "SMS to pat delivered.")
     assert third.report(DeliveryReport("kannel", "last", "delivered")) == (
         "joe", "SMS to niemeyer delivered.")
+    assert third.report(DeliveryReport("kannel", "old", "delivered")) is None
+    store.close()
+    clock.advance(0)
+
+
+def test_outbox_imports_the_old_jsonl_file(tmp_path):
+    """tests/data/state-v0 was written by the JSON-lines code: r1 and r2 wait for a report, r3
+    was reported."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).parent / "data" / "state-v0" / "sms-outbox.jsonl", tmp_path)
+    clock = Clock()
+    clock.advance(1_800_007_800 + 60)
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    outbox = Outbox(store, clock, legacy_directory=str(tmp_path))
+    assert len(outbox) == 2
+    clock.advance(0)
+    assert (tmp_path / "sms-outbox.jsonl.imported").exists()
+    assert not (tmp_path / "sms-outbox.jsonl").exists()
+    again = Outbox(reopen(store, tmp_path, clock), clock, legacy_directory=str(tmp_path))
+    assert again.report(DeliveryReport("twilio", "SM123", "delivered")) == (
+        "ann", "SMS to pat delivered.")
+    assert again.report(DeliveryReport("kannel", "r3", "delivered")) is None
+    assert again.report(DeliveryReport("kannel", "r1", "failed", "")) == (
+        "joe", "SMS to niemeyer could not be delivered: the network gave no reason")
 
 
 @settings(max_examples=150, deadline=None,
@@ -261,7 +312,10 @@ def test_any_text_is_sent_whole_within_limits_or_refused(tmp_path, text):
         assert reply.startswith(("Usage:", "That SMS is too long by")), reply
 
 
-def test_unwritable_outbox_does_not_hide_a_sent_sms(world, tmp_path):
-    (tmp_path / "sms-outbox.jsonl").mkdir()
+def test_unwritable_outbox_does_not_hide_a_sent_sms(world, monkeypatch):
+    from mup.store import StoreError
+
+    monkeypatch.setattr(world.store, "put",
+                        lambda *a: defer.fail(StoreError("database or disk is full")))
     assert world.say("niemeyer hi") == "SMS is on the way!"
     assert len(world.fake.messages) == 1

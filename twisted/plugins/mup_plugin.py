@@ -25,12 +25,14 @@ def _make(name: str, path: str, make):
     from mup.config import ConfigError, load
     from mup.journal import JournalError
     from mup.logfilter import LevelFilterService
+    from mup.store import StoreOpenError
 
     try:
         config = load(path)
         service = make(config)
         LevelFilterService(config.log.level).setServiceParent(service)
-    except (ConfigError, JournalError) as e:  # JournalError: locked by another process
+    # JournalError: locked by another process; StoreOpenError: a store that cannot be used.
+    except (ConfigError, JournalError, StoreOpenError) as e:
         sys.stderr.write(f"{name}: {e}\n")
         raise SystemExit(1) from None
     top = _StartOrExit(name)
