@@ -159,7 +159,7 @@ def import_file(table: StateTable, path: str, read: Callable[[str], dict[str, An
             log.error("{path} was imported but cannot be moved aside: {error}", path=path,
                       error=e)
             return
-        log.info("imported {count} {what} entries from {path} (now {path}.imported)",
+        log.info("imported {count} rows of {what} from {path} (moved to {path}.imported)",
                  count=len(rows), what=table.what, path=path)
 
     defer.gatherResults(writes).addCallback(written)
