@@ -150,6 +150,14 @@ class Quota:
         self._roll()
         return self._global
 
+    def reset(self, sender: str) -> None:
+        """Give ``sender`` a fresh budget: nothing sent today, a full bucket (``quota reset``)."""
+        self._roll()
+        key = sender.lower()
+        self._global = max(self._global - self._daily.pop(key, 0), 0)
+        self._buckets.pop(key, None)
+        self._table.delete(key)
+
     def budget(self, sender: str) -> Budget:
         """What ``sender`` may still send and when it refills (for ``@sms`` with no text)."""
         self._roll()

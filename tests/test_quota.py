@@ -156,6 +156,19 @@ def test_budget_says_what_is_left_and_when_it_refills():
     assert q2.budget("joe").now == 2
 
 
+def test_reset_gives_a_fresh_budget_and_is_kept(tmp_path):
+    clock = clock_at()
+    store = SQLiteStateStore.open(str(tmp_path), clock)
+    q = make(store, clock, sender_daily=6)
+    assert q.reserve("joe", 5) is None and q.reserve("ann", 1) is None
+    q.reset("Joe")
+    assert (q.used("joe"), q.used_globally, q.budget("joe").now) == (0, 1, 5)
+    store = restart(store, tmp_path, clock)
+    again = make(store, clock, sender_daily=6)
+    assert (again.used("joe"), again.used_globally) == (0, 1)
+    assert again.reserve("joe", 5) is None
+
+
 class FlakyStore(MemoryStateStore):
     """Memory, with writes (or the load) that fail while ``broken``: a full disk."""
 
