@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from mup.commands import Commands
 from mup.commands.basic import echo
 from mup.config import Config
+from mup.store import StateStore
 
 __all__ = ["make_service"]
 
@@ -75,7 +76,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     return top
 
 
-def _state_store(config: Config, reactor: Any) -> Any:
+def _state_store(config: Config, reactor: Any) -> StateStore:
     """The StateStore of ``[state] directory`` (kept in memory when it is ""), opened and read
     now, before the reactor runs; a service closes it last.  StoreOpenError: one line, exit 1."""
     from mup.store.memory import MemoryStateStore
@@ -86,7 +87,7 @@ def _state_store(config: Config, reactor: Any) -> Any:
 
 
 def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, directory: Any,
-             outbox: Any, sms_sent: list[Any], state: Any) -> None:
+             outbox: Any, sms_sent: list[Any], state: StateStore) -> None:
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
     from mup.journal import Journal
