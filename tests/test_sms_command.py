@@ -158,6 +158,14 @@ def test_control_characters_removed(world):
     assert world.fake.messages[0]["body"] == "joe> bold  and  more"
 
 
+def test_bidi_controls_never_reach_the_phone(world):
+    """A right-to-left override (or an isolate, a zero-width space) in the text or in the
+    channel's name would make the phone show the rest reversed or hide part of it."""
+    world.say("niemeyer call \u202e+44 7700 900123\u202c now\u2066!\u2069\u200b",
+              channel="#dev\u202e")
+    assert world.fake.messages[0]["body"] == "#dev joe> call +44 7700 900123 now!"
+
+
 def test_undecodable_bytes_do_not_crash(world):
     assert world.say("niemeyer caf\udce9 ok") == "SMS is on the way!"
     assert world.fake.messages[0]["body"] == "joe> caf\ufffd ok"
