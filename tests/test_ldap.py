@@ -266,3 +266,42 @@ def test_tls_refuses_an_untrusted_certificate(ldap_reactor, tls_slapd, how):
         assert "certificate verify failed" in str(e.value), str(e.value)
     finally:
         stop()
+
+
+def test_the_schema_in_the_docs_is_mup_schema_and_loads_into_cn_config(tmp_path):
+    """docs/directory.md's cn=config LDIF defines what mup/testing/mup.schema does, and
+    OpenLDAP's own tools load it (as ``ldapadd`` into cn=config would)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from mup.ldif import read_ldif
+    from mup.testing.process import require_binary
+    from mup.testing.slapd import SCHEMA, SLAPADD, SLAPTEST, SYSTEM_SCHEMA
+
+    require_binary(SLAPTEST, "slapd")
+    doc = (Path(__file__).parent.parent / "docs" / "directory.md").read_text()
+    [olc] = [block for block in re.findall(r"```ldif\n(.*?)```", doc, re.DOTALL)
+             if "cn=schema,cn=config" in block]
+    [entry] = read_ldif(olc)
+
+    def definitions(texts):
+        return sorted(" ".join(t.split()) for t in texts)
+
+    schema = re.sub(r"(?m)^#.*\n", "", SCHEMA.read_text())
+    in_file = re.split(r"\n(?=attributetype|objectclass)", schema.strip())
+    assert definitions(entry.attributes["olcAttributeTypes"]
+                       + entry.attributes["olcObjectClasses"]) == definitions(
+        re.sub(r"^(attributetype|objectclass)\s+", "", d) for d in in_file)
+
+    (tmp_path / "slapd.d").mkdir()
+    (tmp_path / "slapd.conf").write_text("".join(
+        f"include {SYSTEM_SCHEMA}/{name}.schema\n" for name in ("core", "cosine",
+                                                               "inetorgperson")))
+    (tmp_path / "mup.ldif").write_text(olc)
+    subprocess.run([SLAPTEST, "-f", str(tmp_path / "slapd.conf"), "-F",
+                    str(tmp_path / "slapd.d")], check=True, capture_output=True)
+    added = subprocess.run([SLAPADD, "-n0", "-F", str(tmp_path / "slapd.d"), "-l",
+                            str(tmp_path / "mup.ldif")], capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    assert list((tmp_path / "slapd.d" / "cn=config" / "cn=schema").glob("cn={*}mup.ldif"))
