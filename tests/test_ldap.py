@@ -10,7 +10,7 @@ from fixtures_ldap import PEOPLE_LDIF, make_directory
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from mup.ldap import SLUGGISH, UNAVAILABLE, DirectoryError
+from mup.directory import SLUGGISH, UNAVAILABLE, DirectoryError
 
 
 def nick(person):

@@ -12,9 +12,9 @@ from mup import people
 from mup.commands import Commands, Request
 from mup.commands.sms import sms
 from mup.config import parse
+from mup.directory import DirectoryError
 from mup.gateway import DeliveryReport
 from mup.gateways.twilio import TwilioGateway
-from mup.ldap import DirectoryError
 from mup.outbox import Outbox
 from mup.quota import Quota
 from mup.testing.fakes import FakeTwilio
