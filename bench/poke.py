@@ -7,8 +7,8 @@ In the same run, interleaved so that noise hits every path alike:
                     (the directory floor mup cannot go under).
 Then, in a second block: ``echo`` and ``poke niemeyer`` to a second bot serving the same people
 from the LDIF file (the embedded directory).
-After that, the directory client alone: ``LDAPDirectory.search`` in this process (ldaptor
-encoding/decoding + slapd, no IRC).
+After that, the directory client alone: ``LDAPDirectory.search`` in this process (ldaptor's
+client encoding and decoding + slapd, no IRC).  The budget: ``poke`` p50 <= 2 ms both ways.
 
 Everything is real and local: ngircd with ``MaxPenaltyTime = 0`` (no 1 s flood penalties),
 slapd from tests/data/people.ldif, the bots as ``twistd -n mup``.  The machine's 2 cores are
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from _common import LineClient, percentiles, toml_text  # noqa: E402 - and children run this tree
 from ldaptor.protocols import pureldap  # noqa: E402
 
+from mup.directory import Attributes  # noqa: E402
 from mup.ldap import query_filter  # noqa: E402
-from mup.people import Attributes  # noqa: E402
 from mup.testing.ngircd import Ngircd  # noqa: E402
 from mup.testing.process import ServerProcess, free_port, twistd_argv, wait_for  # noqa: E402
 from mup.testing.slapd import Slapd  # noqa: E402
@@ -248,8 +248,10 @@ def main() -> int:
     print(f"poke/echo p50 ratio:      slapd {k50 / e50:.2f}x{embedded_ratio}")
     print(f"directory adds at p50:    slapd {k50 - e50:.3f} ms{embedded_adds}"
           f"   (slapd alone: {p50['slapd alone (raw socket)']:.3f} ms)")
-    print(f"targets: poke p50 < 1.5 ms: {'met' if k50 < 1.5 else 'NOT met'}; "
-          f"directory adds < 1 ms at p50: {'met' if k50 - e50 < 1 else 'NOT met'}")
+    # The budget (issue 15): what a user could notice, not the last tenth of a millisecond.
+    print(f"budget: poke p50 <= 2 ms via slapd: {'met' if k50 <= 2 else 'NOT met'}"
+          + (f"; via the embedded directory: {'met' if b50 <= 2 else 'NOT met'}"
+             if b50 else ""))
     return 0
 
 

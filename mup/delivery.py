@@ -15,7 +15,6 @@ to IRC.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -29,9 +28,10 @@ from twisted.python.failure import Failure
 from mup import metrics
 from mup.gateway import DeliveryReport, InboundSMS
 from mup.gateways.inbound import from_record
-from mup.ircmsg import irc_lower, sanitize, split_message
+from mup.ircmsg import irc_lower, split_message
 from mup.phone import mask_number
 from mup.routing import Route
+from mup.text import clean_text
 
 __all__ = ["Delivery", "clean_text", "format_lines"]
 
@@ -51,23 +51,6 @@ RECENT_DONE = 10000
 """How many delivered seqs are remembered to ignore a second hand-over of the same entry."""
 
 _BREAKS = re.compile(r"\r\n|[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-def clean_text(text: str) -> str:
-    """One line of untrusted text made safe for IRC: stricter than ``ircmsg.sanitize``, as an
-    SMS has no business with IRC colour/bold codes or bidi overrides either: line breaks become
-    spaces, control and format characters go, runs of spaces shrink."""
-    text = sanitize(text)
-    out = []
-    for c in text:
-        cat = unicodedata.category(c)
-        if c in "\u2028\u2029\x85":
-            out.append(" ")
-        elif cat in ("Cc", "Cs") or (cat == "Cf" and c not in "\u200d\u200c"):
-            continue
-        else:
-            out.append(c)
-    return re.sub(r" {2,}", " ", "".join(out)).strip()
 
 
 def format_lines(route: Route, hint: str = "", limit: int = LINE_BYTES) -> list[str]:

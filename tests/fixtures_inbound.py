@@ -9,8 +9,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from mup.config import parse
+from mup.directory import Person
 from mup.journal import JournalClosed
-from mup.people import Person
 
 __all__ = ["FakeDirectory", "FakeIRC", "FakeJournal", "JEntry", "JOE", "NIEMEYER",
            "inbound_config", "make_config"]
@@ -120,7 +120,7 @@ class FakeDirectory:
 
     def by_phone(self, number: str) -> Deferred:
         if self.broken:
-            from mup.ldap import DirectoryError
+            from mup.directory import DirectoryError
 
             return fail(DirectoryError("server down"))
         return succeed(next((p for p in self.people if p.mobile == number), None))

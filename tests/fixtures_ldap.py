@@ -63,10 +63,12 @@ def make_directory(ldap_reactor: LdapReactor, **ldap: Any):
                              "base_dn": BASE_DN, **ldap}})
     found = ldap_reactor.call(directory_from_config, config, reactor)
     directory, service = found
-    ldap_reactor.call(service.startService)
+    if service is not None:
+        ldap_reactor.call(service.startService)
 
     def stop() -> None:
-        ldap_reactor.call(service.stopService)
+        if service is not None:
+            ldap_reactor.call(service.stopService)
 
     return directory, stop
 

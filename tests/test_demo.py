@@ -209,7 +209,7 @@ def test_demo_people_load_and_can_be_texted():
     number and every zone a real one, so @sms and the local times work for everyone."""
     from zoneinfo import ZoneInfo
 
-    from mup.ldap import load_ldif
+    from mup.ldif import load_ldif
     from mup.phone import normalise
 
     path = ROOT / "demo" / "people.ldif"

@@ -10,7 +10,7 @@ from fixtures_ldap import PEOPLE_LDIF, make_directory
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from mup.ldap import SLUGGISH, UNAVAILABLE, DirectoryError
+from mup.directory import SLUGGISH, UNAVAILABLE, DirectoryError
 
 
 def nick(person):
@@ -61,29 +61,37 @@ def test_find_all_is_by_nick_and_by_account_at_once(ldap_reactor, people_directo
     assert people == one_by_one
 
 
-def test_find_all_asks_the_server_once(ldap_reactor, people_directory, monkeypatch):
+@pytest.fixture(scope="module")
+def slapd_directory(ldap_reactor, slapd_server):
+    """The LDAP server's directory alone (what a round trip costs matters there only)."""
+    directory, stop = make_directory(ldap_reactor, url=slapd_server.url)
+    yield directory
+    stop()
+
+
+def test_find_all_asks_the_server_once(ldap_reactor, slapd_directory, monkeypatch):
     """Two people, one search: what makes ``sms`` wait for one round trip, not two."""
     filters = []
-    real = type(people_directory)._entries
+    real = type(slapd_directory)._entries
 
     def counting(self, filt):
         filters.append(filt.asText())
         return real(self, filt)
 
-    monkeypatch.setattr(type(people_directory), "_entries", counting)
-    ldap_reactor.call(people_directory.find_all, [("account", "elodie.dupre"), ("nick", "jose")])
+    monkeypatch.setattr(type(slapd_directory), "_entries", counting)
+    ldap_reactor.call(slapd_directory.find_all, [("account", "elodie.dupre"), ("nick", "jose")])
     assert len(filters) == 1 and "elodie.dupre" in filters[0] and "jose" in filters[0]
 
 
 def test_find_all_falls_back_when_the_server_compares_differently(ldap_reactor,
-                                                                  people_directory,
+                                                                  slapd_directory,
                                                                   monkeypatch):
     """An entry that no key claims (the server's matching rule is not ours): each key is
     asked on its own, so the answer is still what by_nick/by_account give."""
     import mup.ldap
 
     monkeypatch.setattr(mup.ldap, "_values_of", lambda attributes, attr: [])  # none claimed
-    people = ldap_reactor.call(people_directory.find_all,
+    people = ldap_reactor.call(slapd_directory.find_all,
                                [("account", "elodie.dupre"), ("nick", "jose"),
                                 ("nick", "nobody")])
     assert [nick(p) for p in people] == ["elodie", "jose", None]
@@ -258,3 +266,42 @@ def test_tls_refuses_an_untrusted_certificate(ldap_reactor, tls_slapd, how):
         assert "certificate verify failed" in str(e.value), str(e.value)
     finally:
         stop()
+
+
+def test_the_schema_in_the_docs_is_mup_schema_and_loads_into_cn_config(tmp_path):
+    """docs/directory.md's cn=config LDIF defines what mup/testing/mup.schema does, and
+    OpenLDAP's own tools load it (as ``ldapadd`` into cn=config would)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from mup.ldif import read_ldif
+    from mup.testing.process import require_binary
+    from mup.testing.slapd import SCHEMA, SLAPADD, SLAPTEST, SYSTEM_SCHEMA
+
+    require_binary(SLAPTEST, "slapd")
+    doc = (Path(__file__).parent.parent / "docs" / "directory.md").read_text()
+    [olc] = [block for block in re.findall(r"```ldif\n(.*?)```", doc, re.DOTALL)
+             if "cn=schema,cn=config" in block]
+    [entry] = read_ldif(olc)
+
+    def definitions(texts):
+        return sorted(" ".join(t.split()) for t in texts)
+
+    schema = re.sub(r"(?m)^#.*\n", "", SCHEMA.read_text())
+    in_file = re.split(r"\n(?=attributetype|objectclass)", schema.strip())
+    assert definitions(entry.attributes["olcAttributeTypes"]
+                       + entry.attributes["olcObjectClasses"]) == definitions(
+        re.sub(r"^(attributetype|objectclass)\s+", "", d) for d in in_file)
+
+    (tmp_path / "slapd.d").mkdir()
+    (tmp_path / "slapd.conf").write_text("".join(
+        f"include {SYSTEM_SCHEMA}/{name}.schema\n" for name in ("core", "cosine",
+                                                               "inetorgperson")))
+    (tmp_path / "mup.ldif").write_text(olc)
+    subprocess.run([SLAPTEST, "-f", str(tmp_path / "slapd.conf"), "-F",
+                    str(tmp_path / "slapd.d")], check=True, capture_output=True)
+    added = subprocess.run([SLAPADD, "-n0", "-F", str(tmp_path / "slapd.d"), "-l",
+                            str(tmp_path / "mup.ldif")], capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    assert list((tmp_path / "slapd.d" / "cn=config" / "cn=schema").glob("cn={*}mup.ldif"))

@@ -1,5 +1,6 @@
-"""Unit tests of the directory: filters and escaping, the LDIF loader, the Person record and
-its formatting, and the client's timeouts, saturation and reconnection on a Clock."""
+"""Unit tests of the directory: filters and escaping, the LDIF reader and the embedded
+directory, the Person record and its formatting, and the LDAP client's timeouts, saturation and
+reconnection on a Clock."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from ldaptor import ldapfilter
 from ldaptor.protocols import pureber, pureldap
-from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -24,29 +22,18 @@ from zope.interface import implementer
 from mup.commands import Commands, Request
 from mup.commands.poke import poke
 from mup.config import ConfigError, parse
-from mup.ldap import (
+from mup.directory import (
     SLUGGISH,
     UNAVAILABLE,
-    DirectoryError,
-    LDAPDirectory,
-    decode_search_request,
-    decode_search_response,
-    directory_from_config,
-    escape_filter_value,
-    load_ldif,
-    query_filter,
-    search_op_wire,
-    search_response_wire,
-)
-from mup.people import (
     Attributes,
+    DirectoryError,
     Person,
-    format_people,
-    format_person,
-    local_time,
     person_from_attributes,
-    sanitize_value,
 )
+from mup.ldap import LDAPDirectory, directory_from_config, escape_filter_value, query_filter
+from mup.ldif import LDIFDirectory, LDIFError, dn_key, load_ldif
+from mup.people import format_people, format_person, local_time
+from mup.text import sanitize_value
 
 NAMES = Attributes(timezone="timezone")
 ROOT_DATA = __import__("pathlib").Path(__file__).parent / "data"
@@ -139,12 +126,59 @@ def test_bad_ldif_names_the_line(tmp_path, text, error):
 
 def test_ldif_with_crlf_and_folding(tmp_path):
     text = (GOOD + "\ndn: uid=a,ou=people,dc=example,dc=com\ncn: Ann \n Lee\nmobile: 1\n"
-            "mobile: 2\n").replace("\n", "\r\n")
-    root = load_ldif(write(tmp_path, "\n\n" + text))
-    entry = SynchronousTestCase().successResultOf(
-        root.lookup("uid=a,ou=people,dc=example,dc=com"))
-    assert list(entry["cn"]) == [b"Ann Lee"]
-    assert list(entry["mobile"]) == [b"1", b"2"]  # in the file's order
+            "# a comment\n  folded too\nmobile:2\nsn:: TMOp\n").replace("\n", "\r\n")
+    [*_, entry] = load_ldif(write(tmp_path, "\n\nversion: 1\n\n" + text))
+    assert entry.dn == "uid=a,ou=people,dc=example,dc=com"
+    assert entry.attributes == {"cn": ["Ann Lee"], "mobile": ["1", "2"],  # in the file's order
+                                "sn": ["Lé"]}
+    assert entry.line == 12
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("dn: dc=x\nchangetype: add\n", "line 2: change records are not supported"),
+    ("dn: dc=x\njpegPhoto:< file:///etc/passwd\n", "line 2: jpegPhoto:< (a value read from"),
+    ("dn: dc=x\ncn: a\ndn: cn=a,dc=x\n", "line 3: a second 'dn:'"),
+    ("dn: dc=x\n\ndn: dc=x\n", "line 3: 'dc=x' is in the file twice"),
+    ("dn: dc=x\n\ndn: nonsense\n", "line 3: 'nonsense' is not a DN"),
+])
+def test_ldif_records_mup_does_not_take(tmp_path, text, error):
+    with pytest.raises(LDIFError, match=re.escape(error)):
+        load_ldif(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("uid=A, OU=People,dc=example,dc=com", "uid=a,ou=people,dc=EXAMPLE,dc=com"),
+    (r"cn=Jos\c3\a9,dc=x", "cn=JOSÉ,dc=x"),
+    (r"cn=a\,b,dc=x", r"cn=a\2cb,dc=x"),
+    ("cn=a+sn=b,dc=x", "sn=b+cn=a,dc=x"),
+])
+def test_dn_key_compares_like_a_server(a, b):
+    assert dn_key(a) == dn_key(b)
+    assert dn_key(r"cn=a\,b,dc=x") != dn_key("cn=ab,dc=x")
+
+
+def test_reload_swaps_the_people_or_keeps_them(tmp_path):
+    """``reload`` reads the file again; a broken file is refused and the old people stay."""
+    path = write(tmp_path, GOOD + "\ndn: uid=a,ou=people,dc=example,dc=com\ncn: Ann\n"
+                                  "mozillaNickname: ann\n")
+    directory = LDIFDirectory(path, NAMES, "ou=people,dc=example,dc=com")
+    ok = SynchronousTestCase().successResultOf
+    assert ok(directory.by_nick("ann")).name == "Ann"
+    write(tmp_path, GOOD + "\ndn: uid=b,ou=people,dc=example,dc=com\ncn: Bob\n"
+                           "mozillaNickname: bob\n")
+    assert directory.reload() == 2
+    assert ok(directory.by_nick("bob")).name == "Bob"
+    assert ok(directory.by_nick("ann")) is None
+    write(tmp_path, GOOD + "\ndn: uid=c,ou=people,dc=example,dc=com\ncn Carol\n")
+    with pytest.raises(LDIFError, match="^line 9: expected 'attribute: value'"):
+        directory.reload()
+    write(tmp_path, GOOD.replace("ou=people", "ou=staff").replace("ou: people", "ou: staff"))
+    with pytest.raises(LDIFError, match="base_dn 'ou=people,dc=example,dc=com' is not in"):
+        directory.reload()
+    (tmp_path / "people.ldif").unlink()
+    with pytest.raises(OSError):
+        directory.reload()
+    assert ok(directory.by_nick("bob")).name == "Bob"  # still the last good file
 
 
 def config_for(tmp_path, **ldap):
@@ -171,6 +205,8 @@ def test_config_errors(tmp_path):
                                          ca_certificate="missing.pem"), Clock())
     found = directory_from_config(config_for(tmp_path, url="ldaps://ldap.example.com"), Clock())
     assert found is not None and found[0] is found[1]
+    found = directory_from_config(config_for(tmp_path, ldif="good.ldif"), Clock())
+    assert found is not None and isinstance(found[0], LDIFDirectory) and found[1] is None
 
 
 # --- Person and formatting -------------------------------------------------------------------
@@ -227,11 +263,37 @@ def test_poke_never_sends_control_characters(tmp_path):
                           "mozillaNickname: mallory\nmail: m@example.com\n", "evil.ldif")
     clock = Clock()  # the embedded directory needs no running reactor: all of it is in memory
     directory, service = directory_from_config(config_for(tmp_path, ldif="evil.ldif"), clock)
-    service.startService()
+    assert service is None
     d = Commands([poke(directory, clock)]).run("poke", Request("someone", "mallory"))
     [line] = SynchronousTestCase().successResultOf(d)
     assert line == "mallory is Mallory  PRIVMSG #ops :pwned <m@example.com>"
-    assert SynchronousTestCase().successResultOf(service.stopService()) is None
+
+
+def test_poke_never_shows_bidi_controls(tmp_path):
+    """A right-to-left override in a name would make IRC clients show the rest of the line,
+    the numbers included, reversed: directory values lose every invisible format character."""
+    write(tmp_path, GOOD + "\ndn: uid=e,ou=people,dc=example,dc=com\n"
+                           "cn: Eve \u202e4321 \u2066x\u2069\u200b\ufeff\u200d\n"
+                           "mozillaNickname: e\u202dve\n"
+                           "mobile: +44 7700 \u202e900123\n", "bidi.ldif")
+    clock = Clock()
+    directory, _ = directory_from_config(config_for(tmp_path, ldif="bidi.ldif"), clock)
+    d = Commands([poke(directory, clock)]).run("poke", Request("someone", "eve"))
+    [line] = SynchronousTestCase().successResultOf(d)
+    assert line == "eve is Eve 4321 x\u200d <mobile:+44 7700 900123>"
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("a\u202ab\u202bc\u202cd\u202de\u202ef", "abcdef"),
+    ("\u2066a\u2067b\u2068c\u2069", "abc"),
+    ("\u200ea\u200fb\u061cc", "abc"),  # LRM, RLM, ALM
+    ("\u200bzero\u2060width\ufeff", "zerowidth"),
+    ("\U000e0041tag", "tag"),
+    ("👨\u200d👩\u200d👧 \u200c", "👨\u200d👩\u200d👧 \u200c"),  # joiners are text
+    ("\x85next\x9bcsi", "next csi"),  # C1 controls
+])
+def test_sanitize_value_removes_invisible_characters(value, shown):
+    assert sanitize_value(value) == shown
 
 
 # --- The client on a Clock -------------------------------------------------------------------
@@ -300,18 +362,15 @@ class ClientTests(SynchronousTestCase):
             assert self.successResultOf(d).nick == nick
         assert len(self.endpoint.transports) == 1
 
-    def test_timeout_abandons_the_query(self):
+    def test_timeout_gives_up_and_ignores_the_late_answer(self):
         d = self.directory.search("ann")
         [search] = sent(self.endpoint.transports[0])
-        assert search.value.timeLimit == 5
+        assert search.value.timeLimit == 5  # the server gives up too
         self.clock.advance(4.9)
         self.assertNoResult(d)
         self.clock.advance(0.2)
         failure = self.failureResultOf(d, DirectoryError)
         assert failure.value.user_message == SLUGGISH
-        [abandon] = sent(self.endpoint.transports[0])
-        assert isinstance(abandon.value, pureldap.LDAPAbandonRequest)
-        assert abandon.value.value == search.id
         # a late answer is ignored and the connection still works
         answer(self.endpoint.protocols[0], search.id, entry("ann"), DONE)
         assert self.directory.in_flight == 0
@@ -359,6 +418,22 @@ class ClientTests(SynchronousTestCase):
         assert self.successResultOf(d).nick == "a"
         assert len(self.endpoint.transports) == 2
 
+    def test_a_server_that_stopped_answering_is_left(self):
+        """More timed-out searches unanswered than may be in flight: the connection is
+        closed and the next search goes over a new one."""
+        for _ in range(3):
+            d = self.directory.search("a")
+            self.clock.advance(5.1)
+            self.failureResultOf(d, DirectoryError)
+        assert self.endpoint.transports[0].disconnecting
+        self.endpoint.protocols[0].connectionLost(error.ConnectionDone())
+        self.clock.advance(0.3)  # reconnects
+        d = self.directory.by_nick("a")
+        [msg] = sent(self.endpoint.transports[-1])
+        answer(self.endpoint.protocols[-1], msg.id, entry("a"), DONE)
+        assert self.successResultOf(d).nick == "a"
+        assert len(self.endpoint.transports) == 2
+
     def test_retry_delays(self):
         delays = [self.directory._retry(n) for n in (1, 2, 3, 10, 5000)]
         assert 0.2 <= delays[0] <= 0.24 and 0.4 <= delays[1] <= 0.48
@@ -371,197 +446,3 @@ class ClientTests(SynchronousTestCase):
         assert self.directory.in_flight == 0
 
 
-# --- The fast BER path agrees with ldaptor ---------------------------------------------------
-
-text_values = st.text(min_size=0, max_size=300)
-
-
-@settings(max_examples=200, deadline=None)
-@given(msg_id=st.integers(1, 2**31 - 1), dn=text_values,
-       attributes=st.lists(st.tuples(st.text("abcdefgXYZ", min_size=1, max_size=20),
-                                     st.lists(text_values, max_size=4)), max_size=12))
-def test_fast_entry_decoding_agrees_with_ldaptor(msg_id, dn, attributes):
-    wire = pureldap.LDAPMessage(pureldap.LDAPSearchResultEntry(
-        objectName=dn, attributes=attributes), id=msg_id).toWire()
-    fast_id, fast = decode_search_response(wire)
-    slow, _ = pureber.berDecodeObject(LDAPClient.berdecoder, wire)
-    assert fast_id == slow.id == msg_id
-    assert fast.objectName == slow.value.objectName
-    assert fast.attributes == slow.value.attributes
-
-
-@settings(max_examples=100, deadline=None)
-@given(msg_id=st.integers(1, 2**31 - 1), code=st.integers(0, 127), matched=text_values,
-       message=text_values)
-def test_fast_done_decoding_agrees_with_ldaptor(msg_id, code, matched, message):
-    wire = pureldap.LDAPMessage(pureldap.LDAPSearchResultDone(
-        resultCode=code, matchedDN=matched, errorMessage=message), id=msg_id).toWire()
-    fast_id, fast = decode_search_response(wire)
-    slow, _ = pureber.berDecodeObject(LDAPClient.berdecoder, wire)
-    assert fast_id == slow.id
-    assert (fast.resultCode, fast.matchedDN, fast.errorMessage) == (
-        slow.value.resultCode, slow.value.matchedDN, slow.value.errorMessage)
-
-
-def test_fast_path_leaves_the_rest_to_ldaptor():
-    bind = pureldap.LDAPMessage(pureldap.LDAPBindResponse(resultCode=0), id=3).toWire()
-    referral = pureldap.LDAPMessage(pureldap.LDAPSearchResultReference(
-        uris=[pureldap.LDAPString("ldap://elsewhere/")]), id=3).toWire()
-    assert decode_search_response(bind) is None
-    assert decode_search_response(referral) is None
-    entry = pureldap.LDAPMessage(pureldap.LDAPSearchResultEntry("cn=x", [("cn", ["x"])]),
-                                 id=3).toWire()
-    for cut in range(len(entry)):
-        decode_search_response(entry[:cut])  # never raises
-    assert decode_search_response(b"\x30\x84\xff\xff\xff\xff") is None
-
-
-@settings(max_examples=100, deadline=None)
-@given(query=st.text(max_size=60), base=text_values,
-       attributes=st.lists(st.text("abcXYZ", min_size=1, max_size=20), max_size=12),
-       size=st.integers(0, 2**31 - 1), time_limit=st.integers(0, 2**31 - 1),
-       scope=st.integers(0, 2), types_only=st.booleans())
-def test_fast_request_encoding_agrees_with_ldaptor(query, base, attributes, size, time_limit,
-                                                   scope, types_only):
-    request = pureldap.LDAPSearchRequest(
-        baseObject=base, scope=scope, derefAliases=0, sizeLimit=size, timeLimit=time_limit,
-        typesOnly=types_only, filter=query_filter(query or "x", NAMES), attributes=attributes)
-    assert search_op_wire(request) == request.toWire()
-
-
-# --- The embedded server's answers: the fast path agrees with ldaptor ------------------------
-
-byte_or_text = st.one_of(text_values, st.binary(max_size=300))
-
-
-@settings(max_examples=200, deadline=None)
-@given(msg_id=st.integers(1, 2**31 - 1), dn=byte_or_text,
-       attributes=st.lists(st.tuples(st.one_of(st.text("abcXYZ", min_size=1, max_size=20),
-                                               st.binary(min_size=1, max_size=20)),
-                                     st.lists(byte_or_text, max_size=4)), max_size=12))
-def test_fast_entry_encoding_agrees_with_ldaptor(msg_id, dn, attributes):
-    entry = pureldap.LDAPSearchResultEntry(objectName=dn, attributes=attributes)
-    assert search_response_wire(msg_id, entry) == pureldap.LDAPMessage(entry,
-                                                                       id=msg_id).toWire()
-
-
-@settings(max_examples=100, deadline=None)
-@given(msg_id=st.integers(1, 2**31 - 1), code=st.integers(0, 2**16), matched=byte_or_text,
-       message=byte_or_text)
-def test_fast_done_encoding_agrees_with_ldaptor(msg_id, code, matched, message):
-    done = pureldap.LDAPSearchResultDone(resultCode=code, matchedDN=matched,
-                                         errorMessage=message)
-    assert search_response_wire(msg_id, done) == pureldap.LDAPMessage(done, id=msg_id).toWire()
-
-
-def test_fast_encoding_leaves_the_rest_to_ldaptor():
-    assert search_response_wire(2, pureldap.LDAPBindResponse(resultCode=0)) is None
-    assert search_response_wire(2, pureldap.LDAPSearchResultReference(
-        uris=[pureldap.LDAPString("ldap://elsewhere/")])) is None
-
-
-def test_embedded_subtree_walks_like_ldaptor(tmp_path):
-    from ldaptor.entryhelpers import SubtreeFromChildrenMixin
-
-    root = load_ldif(str(ROOT_DATA / "people.ldif"))
-    fast = root.subtree()
-    slow = SubtreeFromChildrenMixin.subtree(root)
-    assert [e.dn for e in fast.result] == [e.dn for e in slow.result]
-    assert len(fast.result) > 3
-
-
-def _filters():
-    """Filters of every kind the fast path decodes, nested."""
-    raw = st.one_of(text_values, st.binary(max_size=40))
-    leaves = st.one_of(
-        st.builds(lambda q: query_filter(q or "x", NAMES), st.text(max_size=30)),
-        st.builds(lambda a, v: pureldap.LDAPFilter_equalityMatch(
-            attributeDesc=pureldap.LDAPAttributeDescription(a),
-            assertionValue=pureldap.LDAPAssertionValue(v)), st.text("abcXY", min_size=1), raw),
-        st.builds(pureldap.LDAPFilter_present, st.text("abcXY", min_size=1)),
-        st.builds(lambda t, parts: pureldap.LDAPFilter_substrings(type=t, substrings=[
-            kind(v) for kind, v in parts]), st.text("abcXY", min_size=1), st.lists(st.tuples(
-                st.sampled_from([pureldap.LDAPFilter_substrings_initial,
-                                 pureldap.LDAPFilter_substrings_any,
-                                 pureldap.LDAPFilter_substrings_final]), raw),
-                min_size=1, max_size=4)))
-    return st.recursive(leaves, lambda inner: st.one_of(
-        st.builds(pureldap.LDAPFilter_and, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(pureldap.LDAPFilter_or, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(pureldap.LDAPFilter_not, inner)), max_leaves=8)
-
-
-@settings(max_examples=200, deadline=None)
-@given(msg_id=st.integers(1, 2**31 - 1), base=text_values, filt=_filters(),
-       attributes=st.lists(st.text("abcXYZ", min_size=1, max_size=20), max_size=12),
-       size=st.integers(0, 2**31 - 1), time_limit=st.integers(0, 2**31 - 1),
-       scope=st.integers(0, 2), deref=st.integers(0, 3), types_only=st.booleans())
-def test_fast_request_decoding_agrees_with_ldaptor(msg_id, base, filt, attributes, size,
-                                                   time_limit, scope, deref, types_only):
-    wire = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
-        baseObject=base, scope=scope, derefAliases=deref, sizeLimit=size,
-        timeLimit=time_limit, typesOnly=types_only, filter=filt, attributes=attributes),
-        id=msg_id).toWire()
-    fast = decode_search_request(wire)
-    slow, _ = pureber.berDecodeObject(BaseLDAPServer.berdecoder, wire)
-    assert fast is not None and fast.id == slow.id and fast.controls is None
-    assert repr(fast.value) == repr(slow.value)
-    for name in ("baseObject", "scope", "derefAliases", "sizeLimit", "timeLimit", "typesOnly",
-                 "attributes"):
-        assert getattr(fast.value, name) == getattr(slow.value, name), name
-    assert fast.value.filter.toWire() == slow.value.filter.toWire()
-    assert fast.value.toWire() == slow.value.toWire()
-
-
-def test_fast_request_decoding_leaves_the_rest_to_ldaptor():
-    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn="cn=x", auth="pw"), id=1)
-    assert decode_search_request(bind.toWire()) is None
-    ordering = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
-        baseObject="dc=x", filter=pureldap.LDAPFilter_greaterOrEqual(
-            attributeDesc=pureldap.LDAPAttributeDescription("cn"),
-            assertionValue=pureldap.LDAPAssertionValue("a"))), id=2).toWire()
-    assert decode_search_request(ordering) is None
-    controlled = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(baseObject="dc=x"), id=3,
-                                      controls=[("1.2.3", True, None)]).toWire()
-    assert decode_search_request(controlled) is None
-    search = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(baseObject="dc=x"), id=4).toWire()
-    assert decode_search_request(search) is not None
-    for cut in range(len(search)):
-        assert decode_search_request(search[:cut]) is None
-
-
-def test_embedded_server_answers_other_requests_through_ldaptor(tmp_path):
-    """A bind, then a search in the same chunk: ldaptor's loop takes over, nothing is lost."""
-    from mup.ldap import _Server, _Tree
-
-    server = _Server()
-    server.factory = _Tree(load_ldif(str(ROOT_DATA / "people.ldif")))
-    transport = StringTransport()
-    server.makeConnection(transport)
-    server.connectionMade()
-    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn="", auth=""), id=1).toWire()
-    search = pureldap.LDAPMessage(pureldap.LDAPSearchRequest(
-        baseObject="ou=people,dc=example,dc=com",
-        filter=query_filter("niemeyer", NAMES), attributes=["cn"]), id=2).toWire()
-    server.dataReceived(bind + search[:5])
-    server.dataReceived(search[5:])
-    data, answers = transport.value(), []
-    while data:
-        message, used = pureber.berDecodeObject(LDAPClient.berdecoder, data)
-        answers.append(message)
-        data = data[used:]
-    assert [(m.id, type(m.value).__name__) for m in answers] == [
-        (1, "LDAPBindResponse"), (2, "LDAPSearchResultEntry"), (2, "LDAPSearchResultDone")]
-    assert answers[1].value.attributes == [(b"cn", [b"Gustavo Niemeyer"])]
-
-
-@pytest.mark.parametrize("key", ["cn", "CN", b"cn", b"Cn", "mozillanickname", b"MOBILE", "mail",
-                                 "nosuch", b"nosuch", "objectClass", b"objectclass"])
-def test_embedded_entry_get_agrees_with_ldaptor(key):
-    from ldaptor.entry import BaseLDAPEntry
-
-    root = load_ldif(str(ROOT_DATA / "people.ldif"))
-    for entry in root.subtree().result:
-        assert entry.get(key) is BaseLDAPEntry.get(entry, key)
-        assert entry.get(key, "x") == BaseLDAPEntry.get(entry, key, "x")
-        assert (key in entry) == BaseLDAPEntry.has_key(entry, key)

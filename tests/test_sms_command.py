@@ -12,9 +12,9 @@ from mup import people
 from mup.commands import Commands, Request
 from mup.commands.sms import sms
 from mup.config import parse
+from mup.directory import DirectoryError
 from mup.gateway import DeliveryReport
 from mup.gateways.twilio import TwilioGateway
-from mup.ldap import DirectoryError
 from mup.outbox import Outbox
 from mup.quota import Quota
 from mup.store.sqlitestate import SQLiteStateStore
@@ -170,6 +170,14 @@ def test_usage(world):
 def test_control_characters_removed(world):
     world.say("niemeyer \x02bold\x02 and\r\nmore")
     assert world.fake.messages[0]["body"] == "joe> bold  and  more"
+
+
+def test_bidi_controls_never_reach_the_phone(world):
+    """A right-to-left override (or an isolate, a zero-width space) in the text or in the
+    channel's name would make the phone show the rest reversed or hide part of it."""
+    world.say("niemeyer call \u202e+44 7700 900123\u202c now\u2066!\u2069\u200b",
+              channel="#dev\u202e")
+    assert world.fake.messages[0]["body"] == "#dev joe> call +44 7700 900123 now!"
 
 
 def test_undecodable_bytes_do_not_crash(world):

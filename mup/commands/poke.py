@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mup.commands import Command, Request, UsageError
-from mup.ldap import Directory, DirectoryError
+from mup.directory import Directory, DirectoryError
 from mup.people import format_people, format_person
 
 __all__ = ["NOBODY", "poke"]

@@ -16,16 +16,16 @@ from typing import Any, Callable, Sequence
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
+from mup.directory import Directory
 from mup.gateways import MaskedNumber
 from mup.phone import InvalidNumber, mask_number, normalise
 from mup.segments import count
+from mup.text import one_line
 
 __all__ = ["sms"]
 
 log = Logger()
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
 
 
@@ -33,11 +33,11 @@ class _Refused(Exception):
     """A reply that ends the command."""
 
 
-def sms(directory: Any, gateway: Any, quota: Any, config: Any,
+def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
         on_sent: Callable[[str, str], None] | None = None, outbox: Any = None) -> Command:
     """The ``sms`` command.
 
-    ``directory`` has ``find_all([(kind, value), ...])`` (:class:`mup.ldap.Directory`);
+    ``directory`` is a :class:`mup.directory.Directory` (``find_all`` finds both people);
     ``gateway`` is a :class:`mup.gateway.Gateway`; ``quota`` a :class:`mup.quota.Quota`;
     ``on_sent(number_e164, requester_nick)`` is called once the gateway took an SMS;
     ``outbox`` (:class:`mup.outbox.Outbox`) remembers it for delivery reports.
@@ -65,9 +65,9 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
 
     async def run(request: Request) -> str:
         target, _, message = request.args.partition(" ")
-        # Control characters (IRC colours, CR/LF) become spaces; lone surrogates (undecodable
-        # bytes) cannot travel in any SMS encoding and become U+FFFD.
-        message = _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", message)).strip()
+        # Control characters (IRC colours, CR/LF) become spaces, bidi overrides and other
+        # invisible characters go, undecodable bytes become U+FFFD (mup.text.one_line).
+        message = one_line(message)
         if not target or not message:
             raise UsageError("")
         if not _NICK.match(target):
@@ -95,8 +95,8 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
         except InvalidNumber as e:
             return (f"{recipient.nick}'s mobile number in the directory "
                     f"({mask_number(recipient.mobile)}) can't be used: {e}.")
-        prefix = f"{request.channel} " if request.channel else ""
-        text = f"{prefix}{sender.nick}> {message}"
+        prefix = f"{one_line(request.channel)} " if request.channel else ""
+        text = f"{prefix}{one_line(sender.nick)}> {message}"
         counted = count(text)
         over = counted.over_by(max_segments)
         if over:

@@ -16,13 +16,14 @@ from pathlib import Path
 from mup.testing.certs import self_signed
 from mup.testing.process import ServerProcess, free_port
 
-__all__ = ["SCHEMA", "Slapd"]
+__all__ = ["SCHEMA", "SLAPADD", "SLAPD", "SLAPTEST", "Slapd"]
 
 SCHEMA = Path(__file__).with_name("mup.schema")
 """mozillaNickname, mozillaCustom4, voipPhone, skypePhone, timezone and objectClass mupPerson."""
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
+SLAPTEST = "/usr/sbin/slaptest"
 SYSTEM_SCHEMA = Path("/etc/ldap/schema")
 MODULE_PATH = "/usr/lib/ldap"
 
