@@ -1,0 +1,198 @@
+"""The receiver under slow and hostile clients, over real sockets: a real ``twistd mup-relay``
+(the same Site the bot's receiver uses) with short timeouts and a small connection cap.
+
+Each test waits for an observable event (the server closing the socket, an HTTP answer), never
+a fixed time; the slow clients drip bytes only while the server keeps the connection open."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mup.testing.process import ServerProcess, free_port, require_binary, twistd_argv
+from mup.testing.relay import KannelPoster
+
+KANNEL_TOKEN = "kannel-token"
+
+
+class Relay:
+    def __init__(self, port: int, process: ServerProcess) -> None:
+        self.port = port
+        self.process = process
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def post(self, message_id: str = "m1") -> int:
+        poster = KannelPoster("127.0.0.1", self.port, KANNEL_TOKEN, timeout=10)
+        try:
+            return poster.post(message_id, "hello")
+        finally:
+            poster.close()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Relay]:
+    webhook = {"header_timeout": '"1s"', "body_timeout": '"1s"', "idle_timeout": '"30s"',
+               "max_connections": "12", "reserved_connections": "3",
+               "max_request_line": "1024"}
+    webhook.update(getattr(request, "param", {}))
+    nofile = webhook.pop("nofile", None)
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        "[webhook]\n"
+        f'endpoint = "tcp:port={port}:interface=127.0.0.1"\n'
+        f'journal = "{tmp_path / "journal"}"\n'
+        + "".join(f"{k} = {v}\n" for k, v in webhook.items()) +
+        "[sms.kannel]\n"
+        f'inbound_token = "{KANNEL_TOKEN}"\n'
+        "[relay]\n"
+        'token = "relay-token"\n')
+    argv = twistd_argv("-n", "--pidfile=", "mup-relay", "--config", str(config))
+    if nofile:    # prlimit execs the relay: the PID stays the one ServerProcess stops
+        argv = [require_binary("/usr/bin/prlimit", "util-linux"), f"--nofile={nofile}", "--",
+                *argv]
+    process = ServerProcess(argv,
+                            tmp_path / "relay.log", cwd=tmp_path,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    process.wait_for_port(port, 20)
+    yield Relay(port, process)
+    process.stop()
+
+
+def drip_until_closed(sock: socket.socket, data: bytes, deadline: float = 15.0,
+                      interval: float = 0.1) -> bytes:
+    """Send ``data`` a byte at a time, one byte each ``interval`` while the server says nothing;
+    return what the server sent once it closed.  Fails if it is still open after
+    ``deadline``."""
+    received = b""
+    give_up = time.monotonic() + deadline
+    i = 0
+    while time.monotonic() < give_up:
+        readable, _, _ = select.select([sock], [], [], interval)
+        if readable:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+            continue
+        if i < len(data):
+            try:
+                sock.send(data[i:i + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return received
+            i += 1
+    raise AssertionError(f"the connection is still open after {deadline} s "
+                         f"({i} bytes sent, got {received!r})")
+
+
+def read_until_closed(sock: socket.socket, deadline: float = 15.0) -> bytes:
+    sock.settimeout(deadline)
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            raise AssertionError(f"still open after {deadline} s (got {received!r})") from None
+        if not chunk:
+            return received
+        received += chunk
+
+
+def kannel_get(message_id: str = "s1") -> bytes:
+    query = urllib.parse.urlencode({"from": "+447700900123", "to": "4242", "text": "hi",
+                                    "id": message_id, "token": KANNEL_TOKEN})
+    return f"GET /kannel/mo?{query} HTTP/1.1\r\nHost: relay\r\n\r\n".encode()
+
+
+def test_headers_a_byte_at_a_time_are_cut_off_at_the_header_timeout(relay: Relay) -> None:
+    sock = relay.connect()
+    # Endless headers: without a header deadline every byte restarts twisted's idle timer.
+    answer = drip_until_closed(sock, kannel_get()[:-2] + b"X-Slow: " + b"a" * 10_000)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    sock.close()
+    assert relay.post() == 200
+
+
+def test_a_silent_connection_is_closed_at_the_header_timeout(relay: Relay) -> None:
+    sock = relay.connect()
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    sock.close()
+
+
+def test_a_body_that_never_comes_is_cut_off_at_the_body_timeout(relay: Relay) -> None:
+    sock = relay.connect()
+    sock.sendall(b"POST /kannel/mo?token=" + KANNEL_TOKEN.encode() + b" HTTP/1.1\r\n"
+                 b"Host: relay\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nab")
+    assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    sock.close()
+
+
+def test_a_body_a_byte_at_a_time_is_cut_off_at_the_body_timeout(relay: Relay) -> None:
+    sock = relay.connect()
+    sock.sendall(b"POST /kannel/mo?token=" + KANNEL_TOKEN.encode() + b" HTTP/1.1\r\n"
+                 b"Host: relay\r\nContent-Type: text/plain\r\nContent-Length: 10000\r\n\r\n")
+    assert drip_until_closed(sock, b"x" * 10_000).startswith(b"HTTP/1.1 408 ")
+    sock.close()
+
+
+@pytest.mark.parametrize("relay", [{"header_timeout": '"0s"', "body_timeout": '"0s"',
+                                    "nofile": "64"}], indirect=True)
+def test_past_the_connection_cap_slow_clients_make_room_for_a_real_post(relay: Relay) -> None:
+    # No timeouts here, and 64 open files: without the cap, 100 slow clients take every file
+    # descriptor and the real post is never accepted.
+    slow = []
+    for _ in range(100):
+        sock = relay.connect()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: r")   # and never the rest
+        slow.append(sock)
+    assert relay.post("real-1") == 200
+    assert relay.post("real-2") == 200
+    # The oldest slow clients were told why they were closed.
+    assert read_until_closed(slow[0]).startswith(b"HTTP/1.1 503 ")
+    for sock in slow:
+        sock.close()
+
+
+def test_a_request_line_over_the_limit_is_answered_414(relay: Relay) -> None:
+    sock = relay.connect()
+    sock.sendall(b"GET /kannel/mo?text=" + b"a" * 2000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n")
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 414 "), answer
+    assert b"max_request_line" in answer
+    sock.close()
+
+
+def test_a_request_line_under_the_limit_is_served(relay: Relay) -> None:
+    sock = relay.connect()
+    sock.sendall(kannel_get("ok-1"))
+    sock.settimeout(10)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    sock.close()
+
+
+def test_a_kept_alive_client_may_idle_between_requests_longer_than_the_header_timeout(
+        relay: Relay) -> None:
+    sock = relay.connect()
+    sock.sendall(kannel_get("k-1"))
+    sock.settimeout(10)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    # Idle, not slow: the next request is still served after the header timeout has passed.
+    readable, _, _ = select.select([sock], [], [], 2.5)
+    assert not readable
+    sock.sendall(kannel_get("k-2"))
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    sock.close()
