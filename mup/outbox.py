@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from mup.eventlog import EventLog
 from mup.gateway import DeliveryReport
-from mup.gateways import clean_reason
+from mup.text import clean_reason
 
 __all__ = ["Outbox", "Sent"]
 

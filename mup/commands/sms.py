@@ -16,8 +16,7 @@ from typing import Any, Callable, Sequence
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
-from mup.gateways import MaskedNumber
-from mup.phone import InvalidNumber, mask_number, normalise
+from mup.phone import InvalidNumber, MaskedNumber, mask_number, normalise
 from mup.segments import count
 
 __all__ = ["sms"]
