@@ -28,8 +28,9 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
 
 
-class _Refused(Exception):
-    """A reply that ends the command."""
+class _NotAllowed(Exception):
+    """The sender may not send SMS (no account, host not allowed): the reply ends the
+    command."""
 
 
 def sms(directory: Any, gateway: Any, quota: Any, config: Any,
@@ -52,13 +53,13 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
         host) their nick; refuses anyone else."""
         if require_account:
             if not request.account:
-                raise _Refused(
+                raise _NotAllowed(
                     "You need to be logged in to a services account to send SMS: the "
                     "message carries your name, and a nick alone proves nothing.")
             return ("account", request.account)
         host = request.hostmask.lower()
         if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
-            raise _Refused("You may not send SMS from here (your host is not on the "
+            raise _NotAllowed("You may not send SMS from here (your host is not on the "
                            "allowed list).")
         return ("nick", request.nick)
 
@@ -73,7 +74,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
             raise UsageError(f"{target!r} is not a nick.")
         try:
             kind, who = sender_key(request)
-        except _Refused as e:
+        except _NotAllowed as e:
             return str(e)
         # Sender and recipient in one directory search: one round trip, not two.
         try:
