@@ -39,6 +39,9 @@ TWISTED_LINE_LIMIT = 16384
 """twisted.web drops a connection whose header line exceeds this: ``max_request_line`` must
 not be larger, so that the client gets a 414 rather than a dropped connection."""
 
+_SAY_BUSY_EVERY = 60.0
+"""A full receiver is logged at most this often (a flood must not flood the log too)."""
+
 _ABORT_AFTER = 5.0
 """After a timeout answer, how long a client that does not read it keeps the connection."""
 
@@ -87,6 +90,7 @@ class GuardedSite(Site):
                          timeout=self.limits.idle_timeout or None, **kwargs)
         self.connections: dict[GuardedConnection, None] = {}
         """Open connections, oldest first."""
+        self._said_busy = float("-inf")
 
     def buildProtocol(self, addr: IAddress) -> Any:
         limits = self.limits
@@ -96,8 +100,11 @@ class GuardedSite(Site):
             waiting[0].evict()
             open_.remove(waiting[0])
         if len(open_) >= limits.max_connections:
-            log.warn("receiver: {n} connections are all busy with requests; refusing one more "
-                     "([webhook] max_connections)", n=len(open_))
+            now = self.reactor.seconds()
+            if now - self._said_busy >= _SAY_BUSY_EVERY:
+                self._said_busy = now
+                log.warn("receiver: {n} connections are all busy with requests; refusing new "
+                         "ones ([webhook] max_connections)", n=len(open_))
             return None
         channel = super().buildProtocol(addr)
         if channel is None:
@@ -134,6 +141,11 @@ class GuardedConnection(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
+            return
+        if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            self._stop()     # HTTP/2 (when installed) has its own framing: not timed here
+            self.phase = _BUSY
+            super().dataReceived(data)
             return
         if self.phase == _WAITING:
             self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
@@ -198,13 +210,13 @@ class GuardedConnection(ProtocolWrapper):
 
     def _expired(self, what: str, seconds: float) -> None:
         self._timer = None
-        log.info("receiver: closing a connection from {peer} that did not send {what} in "
+        log.debug("receiver: closing a connection from {peer} that did not send {what} in "
                  "{seconds:g} s", peer=_peer(self), what=what, seconds=seconds)
         self._answer(408, "Request Timeout", f"no {what.split()[-1]} in {seconds:g} s")
 
     def evict(self) -> None:
         """Closed to make room for a new connection (see the module)."""
-        log.info("receiver: closing the oldest idle or unfinished connection ({peer}) to make "
+        log.debug("receiver: closing the oldest idle or unfinished connection ({peer}) to make "
                  "room for a new one ([webhook] max_connections)", peer=_peer(self))
         self._answer(503, "Service Unavailable", "too many connections; try again")
 
@@ -247,7 +259,7 @@ def _reporting(base: type[Request]) -> type[Request]:
     """``base`` extended to tell its :class:`GuardedConnection` how far the request got."""
 
     def guard(request: Request) -> GuardedConnection | None:
-        transport = getattr(request.channel, "transport", None)
+        transport = getattr(getattr(request, "channel", None), "transport", None)
         return transport if isinstance(transport, GuardedConnection) else None
 
     def tell(request: Request, event: str) -> None:
@@ -265,8 +277,10 @@ def _reporting(base: type[Request]) -> type[Request]:
             super().requestReceived(command, path, version)
 
         def finish(self) -> Any:
+            connection = guard(self)     # finishing lets go of the channel
             result = super().finish()
-            tell(self, "request_finished")
+            if connection is not None:
+                connection.request_finished()
             return result
 
     Reporting.__name__ = Reporting.__qualname__ = f"Reporting{base.__name__}"

@@ -196,3 +196,70 @@ def test_a_kept_alive_client_may_idle_between_requests_longer_than_the_header_ti
     sock.sendall(kannel_get("k-2"))
     assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
     sock.close()
+
+
+# The same rules on a StringTransport and a Clock: the phases of a kept-alive connection.
+
+def _site(**limits):
+    from twisted.internet.task import Clock
+    from twisted.web.resource import Resource
+    from twisted.web.static import Data
+
+    from mup.httpserver import GuardedSite, Limits
+
+    root = Resource()
+    root.putChild(b"ok", Data(b"fine", "text/plain"))
+    clock = Clock()
+    return GuardedSite(root, limits=Limits(**limits), reactor=clock), clock
+
+
+def _connect(site):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_the_header_deadline_starts_again_with_each_request_not_while_idle():
+    site, clock = _site(header_timeout=10, idle_timeout=60)
+    protocol, transport = _connect(site)
+    protocol.dataReceived(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    clock.advance(30)                       # idle, kept alive: not a slow request
+    assert not transport.disconnecting
+    protocol.dataReceived(b"GET /ok HTTP/1.1\r\nHo")
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+
+
+def test_a_zero_timeout_is_no_limit():
+    site, clock = _site(header_timeout=0, body_timeout=0, idle_timeout=0)
+    protocol, transport = _connect(site)
+    protocol.dataReceived(b"GET /ok HTTP/1.1\r\nHo")
+    clock.advance(3600)
+    assert not transport.disconnecting and transport.value() == b""
+
+
+def test_an_empty_line_before_the_request_line_does_not_count_towards_it():
+    site, _ = _site(max_request_line=64)
+    protocol, transport = _connect(site)
+    line = b"GET /ok?" + b"a" * 46 + b" HTTP/1.1\r"     # 64 bytes, CR included: the limit
+    assert len(line) == 64
+    protocol.dataReceived(b"\r\n" + line + b"\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_request_line_over_the_limit_in_pieces_is_414():
+    site, _ = _site(max_request_line=64)
+    protocol, transport = _connect(site)
+    for _ in range(10):
+        protocol.dataReceived(b"GET /" + b"a" * 10)
+    assert transport.value().startswith(b"HTTP/1.1 414 ") and transport.disconnecting
+    protocol.dataReceived(b" HTTP/1.1\r\n\r\n")       # nothing more is read
+    assert transport.value().count(b"HTTP/1.1") == 1
