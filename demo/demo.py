@@ -426,10 +426,11 @@ def instructions(ports: dict[str, int], run_dir: Path) -> str:
         "",
         f"mup demo is running: IRC on 127.0.0.1:{ports['irc']}, channel {CHANNEL}, "
         f"bot '{BOT_NICK}'.  Ctrl-C stops it all.",
-        f"  Ports:       IRC {ports['irc']}   mup-relay {ports['relay']} (Kannel posts inbound "
-        f"SMS here)   bot receiver {ports['webhook']} (delivery reports)",
-        f"               Kannel sendsms {ports.get('sendsms', '?')}   health: "
-        f"http://127.0.0.1:{ports['relay']}/healthz  http://127.0.0.1:{ports['webhook']}/healthz",
+        f"  Ports:       IRC {ports['irc']}, mup-relay {ports['relay']} (Kannel posts inbound SMS "
+        f"there), bot receiver {ports['webhook']}",
+        f"               (delivery reports), Kannel sendsms {ports.get('sendsms', '?')}",
+        f"  Health:      http://127.0.0.1:{ports['relay']}/healthz (relay)   "
+        f"http://127.0.0.1:{ports['webhook']}/healthz (bot)",
         f"  Join:        {join}",
         "  Type:        @poke niemeyer    @poke kenji    @poke +55 11    "
         "@sms niemeyer Where are you?",

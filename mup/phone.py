@@ -19,7 +19,8 @@ import functools
 
 import phonenumbers
 
-__all__ = ["InvalidNumber", "MaskedNumber", "canonical", "mask_number", "normalise"]
+__all__ = ["InvalidNumber", "MaskedNumber", "canonical", "mask_number", "normalise",
+           "same_number"]
 
 
 class InvalidNumber(ValueError):
@@ -57,6 +58,31 @@ def _canonical(raw: str, default_region: str) -> str:
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidNumber("it is not a possible phone number (wrong length)")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+SUFFIX_DIGITS = 8
+"""Numbers that do not read as one (no country code, no region) are the same when their digits
+agree on at least this many trailing digits (``+55 11 5555 1234`` and ``011 5555 1234``)."""
+
+
+def same_number(a: str, b: str, default_region: str = "") -> bool:
+    """Whether two written numbers are one: equal E.164 where both read as numbers (so
+    ``+44 (0)7700 900123`` is ``0044 7700 900123``); otherwise their digits, a ``(0)`` trunk
+    prefix and leading zeros left out, are equal or agree on :data:`SUFFIX_DIGITS` trailing
+    digits.  For matching a directory's values against a sender."""
+    try:
+        return canonical(a, default_region) == canonical(b, default_region)
+    except InvalidNumber:
+        pass
+    x, y = _bare_digits(a), _bare_digits(b)
+    if len(x) > len(y):
+        x, y = y, x
+    return bool(x) and (x == y or (len(x) >= SUFFIX_DIGITS and y.endswith(x)))
+
+
+def _bare_digits(text: str) -> str:
+    text = (text or "").replace("(0)", "")
+    return "".join(c for c in text if c.isdigit()).lstrip("0")
 
 
 def _parse(raw: str, default_region: str) -> phonenumbers.PhoneNumber:

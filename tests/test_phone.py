@@ -157,3 +157,24 @@ def test_an_inbound_sender_in_a_written_form_is_found_in_the_directory(tmp_path,
                     is_present=lambda nick: False)
     d = Deferred.fromCoroutine(router.route(InboundSMS("kannel", "1", sender, "4242", "hi", 0)))
     assert SynchronousTestCase().successResultOf(d).sender == "jo"
+
+
+SAME = [
+    ("+44 (0)7700 900123", "0044 7700 900123", "", True),
+    ("+44 (0)7700 900123", "+447700900123", "", True),
+    ("07700 900123", "+44 7700 900123", "GB", True),
+    ("+1 (555) 010-0111", "+1 555 010 0112", "", False),
+    ("+55 11 5555 1234", "011 5555 1234", "", True),      # no region: trailing digits agree
+    ("5555 1234", "+55 11 5555 1234", "", True),
+    ("1234", "+55 11 5555 1234", "", False),              # too few digits to tell
+    ("+44 (0)7700 900123", "+33 7700 900123", "", False),
+    ("", "", "", False),
+]
+
+
+@pytest.mark.parametrize("a,b,region,same", SAME)
+def test_same_number(a, b, region, same):
+    from mup.phone import same_number
+
+    assert same_number(a, b, region) is same
+    assert same_number(b, a, region) is same
