@@ -96,7 +96,8 @@ class GuardedSite(Site):
         limits = self.limits
         open_ = [c for c in self.connections if c.phase != _CLOSING]
         waiting = [c for c in open_ if c.phase != _BUSY]
-        if waiting and len(waiting) >= limits.max_connections - limits.reserved_connections:
+        room = max(limits.max_connections - limits.reserved_connections, 1)
+        if waiting and len(waiting) >= room:
             waiting[0].evict()
             open_.remove(waiting[0])
         if len(open_) >= limits.max_connections:
@@ -179,8 +180,13 @@ class GuardedConnection(ProtocolWrapper):
 
     # Called by the request (see _reporting).
 
-    def headers_done(self) -> None:
-        if not self._closing:
+    def headers_done(self, length: int | None) -> None:
+        if self._closing:
+            return
+        if length == 0:     # no body: the request is complete now (no timer to set and cancel)
+            self._stop()
+            self.phase = _BODY
+        else:
             self._start(_BODY, self.factory.limits.body_timeout, "its request body")
 
     def request_received(self) -> None:
@@ -262,18 +268,17 @@ def _reporting(base: type[Request]) -> type[Request]:
         transport = getattr(getattr(request, "channel", None), "transport", None)
         return transport if isinstance(transport, GuardedConnection) else None
 
-    def tell(request: Request, event: str) -> None:
-        connection = guard(request)
-        if connection is not None:
-            getattr(connection, event)()
-
     class Reporting(base):  # type: ignore[valid-type,misc]
         def gotLength(self, length: int | None) -> None:
-            tell(self, "headers_done")
+            connection = guard(self)
+            if connection is not None:
+                connection.headers_done(length)
             super().gotLength(length)
 
         def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-            tell(self, "request_received")
+            connection = guard(self)
+            if connection is not None:
+                connection.request_received()
             super().requestReceived(command, path, version)
 
         def finish(self) -> Any:
