@@ -12,9 +12,10 @@ at a time, or a body that never comes, keeps a connection (and a file descriptor
 * ``414`` for a request line longer than ``max_request_line``, instead of a dropped connection;
 * a cap on open connections (``max_connections``).  Connections that are still sending (or
   waiting to send) a request may hold all but ``reserved_connections`` of them: when one more
-  arrives, the oldest of those is closed, so a flood of slow clients never keeps a real post,
-  which sends its request at once, from being answered.  Only when every connection is busy
-  with a request is a new one refused.
+  arrives, the oldest of those is closed (``503``), so a flood of slow clients never keeps a
+  real post, which sends its request at once, from being answered.  A new connection is
+  refused only when every connection is busy with a request, or when all the unfinished ones
+  arrived in the same instant and none has been read yet.
 
 Built from twisted.web's public API (``Site(timeout=...)``, a request factory, and
 ``twisted.protocols.policies.ProtocolWrapper`` around each channel).
@@ -41,6 +42,11 @@ not be larger, so that the client gets a 414 rather than a dropped connection.""
 
 _SAY_BUSY_EVERY = 60.0
 """A full receiver is logged at most this often (a flood must not flood the log too)."""
+
+_GRACE = 1.0
+"""A connection that sent nothing yet is not closed for a newer one before this many seconds:
+accepting a burst comes before reading any of it, and a real post in the burst must not be
+closed before it was even read."""
 
 _ABORT_AFTER = 5.0
 """After a timeout answer, how long a client that does not read it keeps the connection."""
@@ -97,9 +103,13 @@ class GuardedSite(Site):
         open_ = [c for c in self.connections if c.phase != _CLOSING]
         waiting = [c for c in open_ if c.phase != _BUSY]
         room = max(limits.max_connections - limits.reserved_connections, 1)
-        if waiting and len(waiting) >= room:
-            waiting[0].evict()
-            open_.remove(waiting[0])
+        if len(waiting) >= room:
+            now = self.reactor.seconds()
+            victim = next((c for c in waiting if c.had_its_chance(now)), None)
+            if victim is None:      # all just arrived: this one waits for a turn, not them
+                return None
+            victim.evict()
+            open_.remove(victim)
         if len(open_) >= limits.max_connections:
             now = self.reactor.seconds()
             if now - self._said_busy >= _SAY_BUSY_EVERY:
@@ -135,12 +145,22 @@ class GuardedConnection(ProtocolWrapper):
         self._line_done = False
         self._closing = False
         self._abort: IDelayedCall | None = None
+        self._heard = False
+        """Whether anything was read from the client yet."""
+        self._born = factory.reactor.seconds()
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
         self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
 
+    def had_its_chance(self, now: float) -> bool:
+        """Whether this connection may be closed for a newer one: it was read from (and is
+        still unfinished, or idle), or it has been silent for a second.  One just accepted,
+        whose request has not been read yet, is never closed for another just accepted."""
+        return self._heard or now - self._born >= _GRACE
+
     def dataReceived(self, data: bytes) -> None:
+        self._heard = True
         if self._closing:
             return
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":

@@ -55,7 +55,9 @@ def relay(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Relay]:
         "[sms.kannel]\n"
         f'inbound_token = "{KANNEL_TOKEN}"\n'
         "[relay]\n"
-        'token = "relay-token"\n')
+        'token = "relay-token"\n'
+        "[log]\n"
+        'level = "debug"\n')
     argv = twistd_argv("-n", "--pidfile=", "mup-relay", "--config", str(config))
     if nofile:    # prlimit execs the relay: the PID stays the one ServerProcess stops
         argv = [require_binary("/usr/bin/prlimit", "util-linux"), f"--nofile={nofile}", "--",
@@ -150,21 +152,83 @@ def test_a_body_a_byte_at_a_time_is_cut_off_at_the_body_timeout(relay: Relay) ->
 
 
 @pytest.mark.parametrize("relay", [{"header_timeout": '"0s"', "body_timeout": '"0s"',
-                                    "nofile": "64"}], indirect=True)
+                                    "nofile": "40"}], indirect=True)
 def test_past_the_connection_cap_slow_clients_make_room_for_a_real_post(relay: Relay) -> None:
-    # No timeouts here, and 64 open files: without the cap, 100 slow clients take every file
-    # descriptor and the real post is never accepted.
+    # No timeouts here, and 40 open files (the relay uses 15 by itself): without the cap, 45
+    # slow clients take every file descriptor and the real post is never accepted.
     slow = []
-    for _ in range(100):
+    for _ in range(45):
         sock = relay.connect()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: r")   # and never the rest
         slow.append(sock)
-    assert relay.post("real-1") == 200
-    assert relay.post("real-2") == 200
-    # The oldest slow clients were told why they were closed.
-    assert read_until_closed(slow[0]).startswith(b"HTTP/1.1 503 ")
+    # A post arriving in the same instant as the flood, before the relay read any of it, may
+    # be turned away once; a gateway retries, and so does this.
+    assert post_retrying(relay, "real-1") == 200
+    assert post_retrying(relay, "real-2") == 200
+    # The cap held: all but at most max_connections of the slow clients were closed (turned
+    # away, or those that got in closed with a 503: see the unit test below).
+    closed, answers = closed_among(slow, at_least=len(slow) - 12)
+    assert closed >= len(slow) - 12
+    assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers), answers
     for sock in slow:
         sock.close()
+
+
+def post_retrying(relay: Relay, message_id: str, deadline: float = 15.0) -> int:
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return relay.post(message_id)
+        except OSError:
+            if time.monotonic() > give_up:
+                raise
+
+
+def closed_among(socks: list[socket.socket], at_least: int, deadline: float = 15.0
+                 ) -> tuple[int, list[bytes]]:
+    """Wait until ``at_least`` of ``socks`` are closed by the server; how many are, and the
+    non-empty answers they got before closing."""
+    open_ = {s.fileno(): s for s in socks}
+    got: dict[int, bytes] = {}
+    closed = 0
+    give_up = time.monotonic() + deadline
+    while closed < at_least and time.monotonic() < give_up:
+        readable, _, _ = select.select(list(open_.values()), [], [], 0.5)
+        for sock in readable:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if chunk:
+                got[sock.fileno()] = got.get(sock.fileno(), b"") + chunk
+            else:
+                closed += 1
+                del open_[sock.fileno()]
+    return closed, [answer for answer in got.values() if answer]
+
+
+def test_past_the_cap_the_oldest_unfinished_connection_makes_room_with_a_503():
+    site, clock = _site(max_connections=4, reserved_connections=1, header_timeout=0)
+    slow = [_connect(site) for _ in range(3)]
+    for protocol, _ in slow:
+        protocol.dataReceived(b"GET /ok HTTP/1.1\r\nHo")
+    busy, busy_transport = _connect(site)          # 3 unfinished is all but the reserved one
+    assert slow[0][1].disconnecting and slow[0][1].value().startswith(b"HTTP/1.1 503 ")
+    assert not slow[1][1].disconnecting
+    busy.dataReceived(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert busy_transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+def test_connections_that_arrived_together_unread_are_not_closed_for_another():
+    site, clock = _site(max_connections=4, reserved_connections=1, header_timeout=0)
+    first = [_connect(site) for _ in range(3)]     # accepted in one go, nothing read yet
+    from twisted.internet.address import IPv4Address
+
+    assert site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is None
+    assert not any(t.disconnecting for _, t in first)
+    clock.advance(1.5)                             # silent for over a second: fair game now
+    assert site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)) is not None
+    assert first[0][1].disconnecting
 
 
 def test_a_request_line_over_the_limit_is_answered_414(relay: Relay) -> None:
