@@ -60,7 +60,7 @@ def sms(directory: Any, gateway: Any, quota: Any, config: Any,
         host = request.hostmask.lower()
         if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
             raise _NotAllowed("You may not send SMS from here (your host is not on the "
-                           "allowed list).")
+                              "allowed list).")
         return ("nick", request.nick)
 
     async def run(request: Request) -> str:
