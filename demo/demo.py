@@ -3,11 +3,15 @@
 Run through ``./demo/run`` (which sets up first).  It starts ngircd, Kannel (bearerbox, smsbox
 and the fake SMSC standing in for the phone network), mup-relay (where Kannel posts inbound SMS)
 and the bot, each from real config files written into the run directory (``demo-run/``), then
-prints how to join and play.  Ctrl-C stops everything it started, and nothing is left running.
+prints how to join and play.  Ctrl-C stops everything it started, and nothing is left running,
+also when the output goes through a pipe (``./demo/run | tee log``) that Ctrl-C breaks: the
+servers are stopped first and the report printed after, and a broken pipe only silences it.
 
 The "phone": ``demo/text`` writes a line into ``demo-run/phone.fifo``; this process injects it
 into the fake SMSC as an inbound SMS.  SMS the bot sends land in ``demo-run/phone.log`` and
-are printed here as they arrive.
+are printed here as they arrive.  ``demo/bot stop`` and ``demo/bot start`` stop and restart
+the bot through the same FIFO, to show what mup-relay is for: texts sent meanwhile wait in the
+relay and reach IRC when the bot is back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -66,9 +71,26 @@ class DemoError(Exception):
     """Something the person running the demo can act on, said in one line."""
 
 
+_silenced = False
+
+
 def say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    """Print a line; once stdout is gone (a pipe whose reader died, e.g. ``| tee`` after
+    Ctrl-C) print nothing more, and never fail: stopping the servers matters more."""
+    global _silenced
+    if _silenced:
+        return
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        _silenced = True
+        try:    # nothing left for the interpreter to flush (and fail on) at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def choose_ports(mode: str) -> dict[str, int]:
@@ -162,6 +184,8 @@ class Demo:
         self.kannel: Any = None
         self.phone_fd: int | None = None
         self.seen_mt = 0
+        self.controls: queue.Queue[str] = queue.Queue()
+        """``demo/bot`` requests (``stop``, ``start``), run by the main loop."""
 
     # -- starting -------------------------------------------------------------------------
 
@@ -259,6 +283,9 @@ class Demo:
     def text_the_bot(self, line: bytes) -> None:
         try:
             msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("bot") in ("stop", "start"):
+                self.controls.put(msg["bot"])
+                return
             sender, text = str(msg["from"]), str(msg["text"])
             to = str(msg.get("to") or SENDER)
         except (ValueError, KeyError, TypeError):
@@ -283,6 +310,43 @@ class Demo:
                 line = f"{time.strftime('%H:%M:%S')} to {sms.receiver}{parts}: {sms.text}"
                 log.write(line + "\n")
                 say(f"[phone] {line}")
+
+    # -- the bot, stopped and started again (demo/bot) ---------------------------------------
+
+    def run_controls(self) -> None:
+        while True:
+            try:
+                action = self.controls.get_nowait()
+            except queue.Empty:
+                return
+            if action == "stop":
+                self.stop_bot()
+            else:
+                self.restart_bot()
+
+    def _bot(self) -> ServerProcess | None:
+        return next((proc for name, proc in self.watched if name == "mup"), None)
+
+    def stop_bot(self) -> None:
+        proc = self._bot()
+        if proc is None:
+            say("[demo] the bot is already stopped; demo/bot start starts it")
+            return
+        proc.stop()
+        self.watched = [(n, p) for n, p in self.watched if p is not proc]
+        self.stoppers = [(n, s) for n, s in self.stoppers if n != "mup"]
+        self.record_pids()
+        say("[demo] the bot is stopped.  Text it now (demo/text ...): mup-relay keeps the SMS "
+            "until the bot is back (demo/bot start).")
+
+    def restart_bot(self) -> None:
+        if self._bot() is not None:
+            say("[demo] the bot is already running")
+            return
+        say("[demo] starting the bot again ...")
+        self.start_bot()
+        self.record_pids()
+        say("[demo] the bot is back: what was texted meanwhile comes from the relay now.")
 
     # -- running and stopping -------------------------------------------------------------
 
@@ -357,10 +421,16 @@ def instructions(ports: dict[str, int], run_dir: Path) -> str:
     else:
         join = f"demo/chat --port {ports['irc']} --nick alice     (irssi is not installed)"
     text_cmd = "demo/text" + ("" if rel == "demo-run" else f" --run-dir {rel}")
+    bot_cmd = "demo/bot" + ("" if rel == "demo-run" else f" --run-dir {rel}")
     return "\n".join([
         "",
         f"mup demo is running: IRC on 127.0.0.1:{ports['irc']}, channel {CHANNEL}, "
         f"bot '{BOT_NICK}'.  Ctrl-C stops it all.",
+        f"  Ports:       IRC {ports['irc']}, mup-relay {ports['relay']} (Kannel posts inbound SMS "
+        f"there), bot receiver {ports['webhook']}",
+        f"               (delivery reports), Kannel sendsms {ports.get('sendsms', '?')}",
+        f"  Health:      http://127.0.0.1:{ports['relay']}/healthz (relay)   "
+        f"http://127.0.0.1:{ports['webhook']}/healthz (bot)",
         f"  Join:        {join}",
         "  Type:        @poke niemeyer    @poke kenji    @poke +55 11    "
         "@sms niemeyer Where are you?",
@@ -371,6 +441,8 @@ def instructions(ports: dict[str, int], run_dir: Path) -> str:
         f"  Phone inbox: {rel}/phone.log (the SMS the bot sends; also printed below)",
         "  People:      niemeyer (Sao Paulo), alice (Paris), kenji (Tokyo), carol (New York),",
         "               priya (Kolkata), dave (+10:00): demo/people.ldif",
+        f"  The relay:   {bot_cmd} stop; then text the bot; then {bot_cmd} start: texts sent",
+        "               while the bot was down wait in mup-relay and arrive when it is back.",
         "  Note:        ngircd has no services accounts: the demo lets anyone on 127.0.0.1 who",
         "               uses a nick from People send SMS ([sms] require_account = false).",
         f"  Configs and logs: {rel}/ (mup.toml, relay.toml, kannel/, *.log)",
@@ -410,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         say("The demo is ready.")
         while True:
             time.sleep(0.2)
+            demo.run_controls()
             demo.poll_phone_inbox()
             demo.check_children()
     except KeyboardInterrupt:
@@ -420,10 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        if demo is not None:
-            say("Stopping everything the demo started ...")
-            if demo.stop():
-                say("Stopped; nothing is left running.")
+        # Stop first, report after: after Ctrl-C through a pipe (| tee) there may be nobody
+        # left to print to, and a failed print must not leave the servers running.
+        if demo is not None and demo.stop():
+            say("Stopped everything the demo started; nothing is left running.")
 
 
 if __name__ == "__main__":

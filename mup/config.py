@@ -84,6 +84,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
 
+def _request_line(value: int) -> str | None:
+    return None if 64 <= value <= 16384 else "must be between 64 and 16384"
+
+
 def _endpoint(value: str) -> str | None:
     if value and ":" not in value:
         return f"not a Twisted endpoint string: {value!r} (e.g. 'tcp:host=127.0.0.1:port=6667')"
@@ -257,6 +261,20 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "checks and delivery-report URLs, e.g. `https://mup.example.com`."),
             Key("max_body", int, 65536, "Largest request body accepted, in bytes (413 beyond).",
                 check=_positive),
+            Key("header_timeout", str, "10s", "How long a client may take to send a request's "
+                "line and headers (from connecting, or from the first byte of the next request); "
+                "then it is answered 408 and closed. `0s`: no limit.", check=_duration),
+            Key("body_timeout", str, "30s", "How long a client may take to send a request's "
+                "body once its headers are in (408 beyond).", check=_duration),
+            Key("idle_timeout", str, "60s", "How long a connection may stay silent between "
+                "requests.", check=_duration),
+            Key("max_connections", int, 512, "Most connections open at once; keep it well under "
+                "the process's open-file limit (`LimitNOFILE`).", check=_positive),
+            Key("reserved_connections", int, 16, "Of `max_connections`, how many only clients "
+                "that have sent a whole request may hold: past the rest, the oldest idle or "
+                "unfinished connection is closed for a new one.", check=_non_negative),
+            Key("max_request_line", int, 16384, "Longest request line (method, URL, version) in "
+                "bytes, at most 16384; 414 beyond.", check=_request_line),
         ],
     ),
     "inbound": (

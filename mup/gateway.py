@@ -2,17 +2,18 @@
 
 Each gateway (``mup.gateways.kannel``, ``.twilio``, ``.aql``) is one small class that sends an
 SMS and says what happened; what gateways post back to us (inbound SMS, delivery reports) is
-parsed and authenticated in ``mup.gateways.inbound`` into the records below.
+parsed and authenticated in ``mup.gateways.inbound`` into the records below.  This module is the
+interface only; ``mup.gateways.factory`` builds the configured gateway.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["DeliveryReport", "Gateway", "InboundSMS", "SendResult", "gateway_from_config"]
+__all__ = ["DeliveryReport", "Gateway", "InboundSMS", "SendResult"]
 
 
 @dataclass(frozen=True)
@@ -65,46 +66,3 @@ class Gateway(Protocol):
         """Send ``text`` to ``number`` (E.164).  ``reference`` is mup's own id for the message,
         which the gateway echoes in delivery reports where it can."""
         ...
-
-
-def gateway_from_config(config: Any, reactor: Any, http_client: Any = None) -> Gateway | None:
-    """The gateway ``[sms] gateway`` names, built from its section; None when SMS is off.
-
-    ``http_client`` is a treq ``HTTPClient`` (tests pass ``treq.testing.StubTreq``); by default
-    one with a persistent pool on ``reactor``."""
-    sms = config.section("sms")
-    if not sms.gateway:
-        return None
-    from mup.gateways import real_http_client
-
-    http = http_client if http_client is not None else real_http_client(reactor)
-    public_url = config.section("webhook").public_url
-    common = {"timeout": sms.timeout, "retries": sms.retries}
-    gateway = _build(config, reactor, sms, http, public_url, common)
-    gateway.debug_numbers = config.section("log").level == "debug"
-    return gateway
-
-
-def _build(config: Any, reactor: Any, sms: Any, http: Any, public_url: str,
-           common: dict[str, Any]) -> Any:
-    if sms.gateway == "kannel":
-        from mup.gateways.kannel import KannelGateway
-
-        k = config.section("sms.kannel")
-        return KannelGateway(http, reactor, k.sendsms_url, k.username, k.password,
-                             sender=sms.sender, smsc=k.smsc, public_url=public_url,
-                             inbound_token=k.inbound_token, **common)
-    if sms.gateway == "twilio":
-        from mup.gateways.twilio import TwilioGateway
-
-        t = config.section("sms.twilio")
-        return TwilioGateway(http, reactor, t.account_sid, t.auth_token, sender=sms.sender,
-                             messaging_service_sid=t.messaging_service_sid, api_url=t.api_url,
-                             public_url=public_url, **common)
-    if sms.gateway == "aql":
-        from mup.gateways.aql import AQLGateway
-
-        a = config.section("sms.aql")
-        return AQLGateway(http, reactor, a.url, a.username, a.password, sender=sms.sender,
-                          **common)
-    raise ValueError(f"unknown SMS gateway {sms.gateway!r}")

@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mup.gateway import DeliveryReport
-from mup.gateways import clean_reason
 from mup.store import StateStore
 from mup.store.table import StateTable, import_file, read_json_lines
+from mup.text import clean_reason
 
 __all__ = ["Outbox", "Sent"]
 

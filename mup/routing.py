@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from mup.gateway import InboundSMS
 from mup.ircmsg import irc_lower
-from mup.phone import InvalidNumber, mask_number, normalise
+from mup.phone import InvalidNumber, canonical, mask_number
 
 __all__ = ["Route", "Router"]
 
@@ -77,7 +77,7 @@ class Router:
     def number(self, raw: str) -> str:
         """The sender as E.164 where it parses, else as the gateway wrote it."""
         try:
-            return normalise(raw, self.region)
+            return canonical(raw, self.region)
         except InvalidNumber:
             return raw
 

@@ -42,7 +42,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     # Later slots use `outbox.report` for delivery reports and append to `sms_sent` to hear of
     # each SMS the gateway took: hook(number_e164, requester_nick), e.g. reply routes.
     from mup.commands.sms import sms
-    from mup.gateway import gateway_from_config
+    from mup.gateways.factory import gateway_from_config
     from mup.outbox import Outbox
     from mup.quota import Quota
 

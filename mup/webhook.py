@@ -28,6 +28,7 @@ from twisted.web.server import Request, Site
 from mup import metrics
 from mup.gateways import inbound
 from mup.gateways.inbound import Posted, Refused
+from mup.httpserver import GuardedSite, Limits
 from mup.journal import JournalClosed
 
 __all__ = ["Receiver", "WebhookService", "TWIML_EMPTY"]
@@ -69,6 +70,7 @@ class Receiver:
         self._accepted = {g: metrics.accepted.labels(g) for g in ("kannel", "twilio")}
         self._duplicates = {g: metrics.duplicates.labels(g) for g in ("kannel", "twilio")}
         self.max_body: int = config.webhook.max_body
+        self.limits = Limits.from_config(config.webhook)
         self.public_url: str = config.webhook.public_url
         self.kannel_token: str = config.section("sms.kannel").inbound_token
         self.twilio_token: str = config.section("sms.twilio").auth_token
@@ -89,7 +91,8 @@ class Receiver:
     def site(self) -> Site:
         """A Site that stops buffering a body at ``max_body`` and keeps no access log (URLs
         carry tokens and phone numbers)."""
-        return _QuietSite(self.resource(), requestFactory=_limited_request(self.max_body))
+        return _QuietSite(self.resource(), requestFactory=_limited_request(self.max_body),
+                          limits=self.limits, reactor=self.clock)
 
     # Gateways
 
@@ -216,7 +219,7 @@ class Receiver:
         return generate_latest(metrics.REGISTRY)
 
 
-class _QuietSite(Site):
+class _QuietSite(GuardedSite):
     def log(self, request: Request) -> None:
         """No access log: URLs carry tokens and phone numbers."""
 

@@ -128,7 +128,7 @@ def test_hint_once_per_conversation(h: Harness) -> None:
 
 def test_unknown_sender_masked_and_no_hint(h: Harness) -> None:
     h.post(STRANGER, "hello?")
-    assert h.irc.shown == [("#ops", "[SMS] <+44 79** ***999> hello?")]
+    assert h.irc.shown == [("#ops", "[SMS] <+44 **** **3999> hello?")]
 
 
 @pytest.mark.parametrize("text, shown", [
@@ -189,7 +189,7 @@ def test_private_and_reply_routes(h: Harness) -> None:
     assert h.lines("alice")[0] == "[SMS] <niemeyer> can you call me"
     h.routes.record(STRANGER, "joe")
     h.post(STRANGER, "Yes, on my way")
-    assert h.lines("joe") == ["[SMS] <+44 79** ***999> Yes, on my way"]
+    assert h.lines("joe") == ["[SMS] <+44 **** **3999> Yes, on my way"]
 
 
 def test_waits_while_irc_is_down_then_in_order(h: Harness) -> None:
@@ -308,9 +308,9 @@ def test_refused_mid_pipeline_falls_back_in_order(h: Harness) -> None:
     while h.irc.held:
         h.irc.confirm()
     assert h.lines("#ops") == [
-        "[SMS] <+44 79** ***999> before",
-        "[SMS] <+44 79** ***999> one", "(for not a nick, who cannot be messaged)",
-        "[SMS] <+44 79** ***999> two", "(for not a nick, who cannot be messaged)"]
+        "[SMS] <+44 **** **3999> before",
+        "[SMS] <+44 **** **3999> one", "(for not a nick, who cannot be messaged)",
+        "[SMS] <+44 **** **3999> two", "(for not a nick, who cannot be messaged)"]
     assert len(h.acked) == 3
 
 
@@ -416,7 +416,7 @@ def test_target_irc_refuses_goes_to_the_default_channel(h: Harness) -> None:
     h.routes.record(STRANGER, "not a nick")
     h.irc.present.add("not a nick")   # as if IRC said so; its deliver refuses the target
     entry = h.post(STRANGER, "hello")
-    assert h.lines("#ops") == ["[SMS] <+44 79** ***999> hello",
+    assert h.lines("#ops") == ["[SMS] <+44 **** **3999> hello",
                                "(for not a nick, who cannot be messaged)"]
     assert h.journal.done == {entry.seq}
 

@@ -1,14 +1,18 @@
 """The README's first command, as a newcomer uses it: start the demo, join its IRC server,
-poke someone, send an SMS that reaches the fake SMSC, text the bot back, Ctrl-C, and nothing
-is left running."""
+poke someone, send an SMS that reaches the fake SMSC, text the bot back, text it while it is
+stopped (the relay keeps the text), Ctrl-C, and nothing is left running, also when the demo's
+output goes through a pipe that Ctrl-C breaks."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -101,6 +105,20 @@ def demo(tmp_path):
         proc.wait(30)
 
 
+def bot(demo, action: str) -> None:
+    """demo/bot stop|start, as the README says."""
+    done = subprocess.run([sys.executable, str(ROOT / "demo" / "bot"), "--run-dir",
+                           str(demo.run_dir), action], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+
+
+def relay_holds_something(demo) -> bool:
+    url = f"http://127.0.0.1:{demo.ports['relay']}/healthz"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        health = json.loads(answer.read())
+    return max(health.get("relay_backlog", 0), health.get("backlog", 0)) >= 1
+
+
 def text(demo, message: str) -> None:
     """Play the phone: niemeyer's mobile texts the bot, through demo/text."""
     texted = subprocess.run([sys.executable, str(ROOT / "demo" / "text"), "--run-dir",
@@ -144,6 +162,16 @@ def test_demo_end_to_end(demo):
         text(demo, "ok, 5 min")
         line = irc.expect(r"^:mup!\S+ PRIVMSG \S+ :.*5 min", 20)
         assert line.endswith(" PRIVMSG alice :[SMS] <niemeyer> ok, 5 min"), line
+
+        # What the relay is for: the bot is down, niemeyer texts, the bot comes back.
+        bot(demo, "stop")
+        irc.expect(r"^:mup!\S+ QUIT", 20)
+        text(demo, "#demo texted while the bot was down")
+        wait_for(lambda: relay_holds_something(demo), 20, "the relay to keep the text")
+        bot(demo, "start")
+        line = irc.expect(r"^:mup!\S+ PRIVMSG #demo :.*while the bot was down", 30)
+        assert line.endswith(":[SMS] <niemeyer> texted while the bot was down"), line
+        children = descendants(demo.pid)   # the bot has a new PID
     finally:
         irc.close()
 
@@ -157,6 +185,14 @@ def test_demo_end_to_end(demo):
         chat.stdin.flush()
         wait_for(lambda: "#demo <mup> carol: dave is Dave Wilson" in chat_out.read_text(), 15,
                  "demo/chat to show the poke reply", lambda: chat.poll() is None)
+        # Over IRC's 512 bytes: split, not a disconnection (the server would drop carol).
+        long_line = " ".join(f"word{i:03}" for i in range(120))     # 959 bytes
+        chat.stdin.write(long_line.encode() + b"\n@poke kenji\n")
+        chat.stdin.flush()
+        wait_for(lambda: "#demo <mup> carol: kenji is Kenji Tanaka" in chat_out.read_text(), 15,
+                 "demo/chat still connected after a long line", lambda: chat.poll() is None)
+        shown = chat_out.read_text()
+        assert "sent as 3 lines" in shown and "word119" in shown
         chat.stdin.write(b"/quit\n")
         chat.stdin.close()
         assert chat.wait(10) == 0
@@ -224,3 +260,40 @@ def test_demo_people_load_and_can_be_texted():
         assert normalise(mobile, "").startswith("+")
     for zone in zones:
         ZoneInfo(zone)
+
+
+def test_ctrl_c_through_a_pipe_stops_every_server(tmp_path):
+    """``./demo/run | tee log`` and Ctrl-C: the terminal's SIGINT reaches tee too, so the
+    demo's stdout is a broken pipe when it cleans up.  Every server must stop all the same."""
+    for path, package in SERVERS:
+        require_binary(path, package)
+    run_dir = tmp_path / "demo-run"
+    env = dict(os.environ, MUP_DEMO_PYTHON=sys.executable)
+    proc = subprocess.Popen([str(ROOT / "demo" / "run"), "--no-setup", "--ports", "free",
+                             "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    children: dict[int, str] = {}
+    try:
+        output = b""
+        deadline = time.monotonic() + 45
+        while b"The demo is ready." not in output:
+            assert time.monotonic() < deadline and proc.poll() is None, output[-3000:]
+            readable, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if readable:
+                output += os.read(proc.stdout.fileno(), 65536)
+        for port in ("IRC", "mup-relay", "bot receiver", "/healthz"):
+            assert port.encode() in output, f"the banner does not show {port}"
+        children = descendants(proc.pid)
+        assert {"ngircd", "bearerbox", "smsbox", "fakesmsc"} <= set(children.values())
+        assert sum(name.startswith(("twistd", "python")) for name in children.values()) >= 2
+        proc.stdout.close()                  # tee is gone ...
+        proc.send_signal(signal.SIGINT)      # ... and the demo gets its Ctrl-C
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = {pid: name for pid, name in children.items() if alive(pid)}
+        for pid in left:                     # don't leak them into the rest of the suite
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after Ctrl-C through a pipe: {left}"

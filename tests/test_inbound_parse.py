@@ -13,7 +13,7 @@ from mup.gateways.inbound import (
     Forbidden,
     Malformed,
     Posted,
-    Refused,
+    PostRefused,
     check_twilio_signature,
     decode_text,
     from_record,
@@ -86,7 +86,7 @@ def test_records_round_trip() -> None:
         from_record({"kind": "sms"})
 
 
-# Fuzzing: whatever arrives, a parser returns a record or raises Refused; nothing else.
+# Fuzzing: whatever arrives, a parser returns a record or raises PostRefused; nothing else.
 
 TOKEN = "tok"
 raw_bytes = st.binary(max_size=300)
@@ -125,7 +125,7 @@ def _no_control_in_ids(item: InboundSMS | DeliveryReport) -> None:
 def test_fuzz_kannel_mo(posted: Posted) -> None:
     try:
         sms = kannel_mo(posted, TOKEN, 1.0)
-    except Refused as e:
+    except PostRefused as e:
         assert e.code in (400, 403) and "\n" not in e.reason
         return
     assert isinstance(sms.text, str)
@@ -139,7 +139,7 @@ def test_fuzz_kannel_mo(posted: Posted) -> None:
 def test_fuzz_kannel_dlr(posted: Posted) -> None:
     try:
         report, status = kannel_dlr(posted, TOKEN)
-    except Refused as e:
+    except PostRefused as e:
         assert e.code in (400, 403)
         return
     assert report.state in ("delivered", "failed", "pending") and status.isdigit()

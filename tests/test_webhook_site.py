@@ -60,7 +60,7 @@ def test_declared_length_over_limit_is_discarded_as_it_arrives() -> None:
     transport = StringTransport()
     protocol.makeConnection(transport)
     protocol.dataReceived(post(b"", length=200_000))
-    request = protocol._channel.requests[-1]
+    request = protocol.wrappedProtocol._channel.requests[-1]
     for _ in range(199):
         protocol.dataReceived(b"y" * 1000)
         assert request.content.tell() == 0   # nothing of it is kept

@@ -17,8 +17,7 @@ from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
 from mup.directory import Directory
-from mup.gateways import MaskedNumber
-from mup.phone import InvalidNumber, mask_number, normalise
+from mup.phone import InvalidNumber, MaskedNumber, mask_number, normalise
 from mup.segments import count
 from mup.text import one_line
 
@@ -29,8 +28,9 @@ log = Logger()
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$")
 
 
-class _Refused(Exception):
-    """A reply that ends the command."""
+class _NotAllowed(Exception):
+    """The sender may not send SMS (no account, host not allowed): the reply ends the
+    command."""
 
 
 def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
@@ -53,14 +53,14 @@ def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
         host) their nick; refuses anyone else."""
         if require_account:
             if not request.account:
-                raise _Refused(
+                raise _NotAllowed(
                     "You need to be logged in to a services account to send SMS: the "
                     "message carries your name, and a nick alone proves nothing.")
             return ("account", request.account)
         host = request.hostmask.lower()
         if not host or not any(fnmatch.fnmatchcase(host, m) for m in hostmasks):
-            raise _Refused("You may not send SMS from here (your host is not on the "
-                           "allowed list).")
+            raise _NotAllowed("You may not send SMS from here (your host is not on the "
+                              "allowed list).")
         return ("nick", request.nick)
 
     async def run(request: Request) -> str:
@@ -74,7 +74,7 @@ def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
             raise UsageError(f"{target!r} is not a nick.")
         try:
             kind, who = sender_key(request)
-        except _Refused as e:
+        except _NotAllowed as e:
             return str(e)
         # Sender and recipient in one directory search: one round trip, not two.
         try:

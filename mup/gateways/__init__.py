@@ -23,10 +23,10 @@ from twisted.logger import Logger
 
 from mup import metrics
 from mup.gateway import SendResult
-from mup.phone import mask_number
+from mup.phone import MaskedNumber
+from mup.text import clean_reason
 
-__all__ = ["Answer", "HTTPGateway", "MaskedNumber", "Unknowable", "clean_reason",
-           "real_http_client"]
+__all__ = ["Answer", "HTTPGateway", "Unknowable", "real_http_client"]
 
 log = Logger()
 
@@ -46,35 +46,6 @@ class Answer:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace").strip()
-
-
-class MaskedNumber:
-    """A number for a log event: shows as :func:`mup.phone.mask_number` (never the number
-    itself), masked only when the event is formatted, so filtered-out info events cost no
-    phonenumbers parsing on the sending path."""
-
-    __slots__ = ("_masked", "_number")
-
-    def __init__(self, number: str) -> None:
-        self._number = number
-        self._masked: str | None = None
-
-    def __str__(self) -> str:
-        if self._masked is None:
-            self._masked = mask_number(self._number)
-        return self._masked
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def clean_reason(text: str, limit: int = 200) -> str:
-    """Gateway text made safe for IRC: one line, no control characters, bounded."""
-    text = "".join(c if c.isprintable() else " " for c in text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def real_http_client(reactor: Any) -> Any:

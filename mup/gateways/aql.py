@@ -12,8 +12,9 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from mup.gateway import SendResult
-from mup.gateways import Answer, HTTPGateway, clean_reason
+from mup.gateways import Answer, HTTPGateway
 from mup.segments import count
+from mup.text import clean_reason
 
 __all__ = ["AQLGateway", "STATUSES"]
 

@@ -2,7 +2,7 @@
 
 These are pure functions over the parts of an HTTP request (:class:`Posted`), so they can be
 tested and fuzzed without a server.  Authentication comes first and compares in constant time;
-any problem is a :class:`Refused` carrying the HTTP status and a one-line reason.  Odd bytes
+any problem is a :class:`PostRefused` carrying the HTTP status and a one-line reason.  Odd bytes
 are decoded or replaced, never a crash.
 """
 
@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from mup.gateway import DeliveryReport, InboundSMS
 
-__all__ = ["Posted", "Refused", "Forbidden", "Malformed", "check_token", "decode_text",
-           "kannel_mo", "kannel_dlr", "twilio_signature", "check_twilio_signature",
+__all__ = ["Posted", "PostRefused", "Refused", "Forbidden", "Malformed", "check_token",
+           "decode_text", "kannel_mo", "kannel_dlr", "twilio_signature", "check_twilio_signature",
            "twilio_sms", "twilio_status", "form_params", "MAX_FIELDS", "journal_entry",
            "from_record"]
 
@@ -31,8 +31,8 @@ _ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 _NUMBER = re.compile(r"[A-Za-z0-9+ ._()-]{1,64}")
 
 
-class Refused(Exception):
-    """The request is refused: ``code`` is the HTTP status, ``reason`` a one-line text."""
+class PostRefused(Exception):
+    """A gateway's post is refused: ``code`` is the HTTP status, ``reason`` a one-line text."""
 
     code = 400
 
@@ -41,16 +41,20 @@ class Refused(Exception):
         self.reason = reason
 
 
-class Forbidden(Refused):
+class Forbidden(PostRefused):
     """Wrong or missing token or signature."""
 
     code = 403
 
 
-class Malformed(Refused):
+class Malformed(PostRefused):
     """Authenticated, but not something we can read."""
 
     code = 400
+
+
+Refused = PostRefused
+"""The old name, still imported by the receiver (``mup.webhook``)."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from urllib.parse import quote, urlencode
 from twisted.internet.interfaces import IReactorTime
 
 from mup.gateway import SendResult
-from mup.gateways import Answer, HTTPGateway, clean_reason
+from mup.gateways import Answer, HTTPGateway
 from mup.segments import UCS2, count
+from mup.text import clean_reason
 
 __all__ = ["DLR_MASK", "KannelGateway", "dlr_url"]
 
