@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 
+from mup import phone
 from mup.text import sanitize_value
 
 __all__ = ["PHONE_KINDS", "PHONE_SUFFIX", "SLUGGISH", "UNAVAILABLE", "Attributes", "Directory",
@@ -170,22 +171,18 @@ def has_digits(person: Person, wanted: str) -> bool:
 
 
 def same_number(a: str, b: str) -> bool:
-    """Two numbers' digits are the same number: equal, or one ends the other with at least
-    :data:`PHONE_SUFFIX` digits (leading zeros, a missing country code)."""
-    a, b = a.lstrip("0"), b.lstrip("0")
-    if len(a) > len(b):
-        a, b = b, a
-    return a == b or (len(a) >= PHONE_SUFFIX and b.endswith(a))
+    """Two written numbers are one (:func:`mup.phone.same_number`: ``+44 (0)7700 900123`` is
+    ``+447700900123``; otherwise digits equal, or one ends the other with enough of them)."""
+    return phone.same_number(a, b)
 
 
 def by_number(people: Iterable[Person], number: str) -> Person | None:
     """Who among ``people`` has ``number`` (:func:`same_number`): someone whose mobile it is
     first, as SMS come from mobiles, else whoever has it in another phone attribute."""
-    wanted = digits(number)
     people = list(people)
     for kinds in (("mobile",), PHONE_KINDS):
         for person in people:
-            if any(same_number(digits(value), wanted) for kind, value in person.phones
+            if any(same_number(value, number) for kind, value in person.phones
                    if kind in kinds):
                 return person
     return None

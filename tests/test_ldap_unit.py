@@ -446,3 +446,17 @@ class ClientTests(SynchronousTestCase):
         assert self.directory.in_flight == 0
 
 
+
+
+@pytest.mark.parametrize("stored, sender", [
+    ("+44 (0)7700 900123", "+447700900123"),   # a trunk "(0)" written in the directory
+    ("+44 7700 900123", "+44 (0)7700-900123"),
+    ("0044 7700 900123", "+447700900123"),
+    ("+55 (11) 5555-1234", "+551155551234"),
+])
+def test_by_phone_reads_written_forms_on_both_sides(tmp_path, stored, sender):
+    path = write(tmp_path, GOOD + "\ndn: uid=a,ou=people,dc=example,dc=com\ncn: Ann\n"
+                                  f"mozillaNickname: ann\nmobile: {stored}\n")
+    directory = LDIFDirectory(path, NAMES, "ou=people,dc=example,dc=com")
+    found = SynchronousTestCase().successResultOf(directory.by_phone(sender))
+    assert found is not None and found.nick == "ann"
