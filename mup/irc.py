@@ -13,7 +13,6 @@ import base64
 import itertools
 import random
 import socket
-from collections import deque
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from mup.commands import Commands, Request, parse_command
 from mup.config import Config, ConfigError
 from mup.ircmsg import Message, decode, format_line, irc_lower, parse, sanitize, split_message
+from mup.ircqueue import NotDelivered, OutputQueue, Refused
 from mup.ratelimit import TokenBucket
 
 __all__ = ["IRCProtocol", "IRCService", "NotDelivered", "Refused"]
@@ -40,8 +40,6 @@ WANTED_CAPS = ("account-tag", "account-notify", "extended-join", "message-tags",
 
 MAX_LINE = 512
 
-_Waiter = tuple[Deferred, str, list[str]]
-"""A delivery waiting for its PONG: (Deferred, folded target, refusals seen for the target)."""
 """Bytes in an IRC line, CR LF included, not counting tags."""
 MAX_BUFFER = 64 * 1024
 """Bytes of incoming data without a line break before the partial line is thrown away."""
@@ -53,15 +51,6 @@ REGAIN_INTERVAL = 30.0
 MAX_USER_BUCKETS = 1000
 _MEMBER_PREFIXES = "~&@%+!."
 _SASL_FAILURES = {"902", "904", "905", "906", "907", "908"}
-
-
-class NotDelivered(Exception):
-    """The connection was lost (or was not up) before the server confirmed the lines."""
-
-
-class Refused(ValueError):
-    """The server refused the target: no such nick or channel, or it cannot be sent to
-    (moderated, banned, not joined).  Sending again will not help; pick another target."""
 
 
 class IRCProtocol(Protocol):
@@ -88,15 +77,10 @@ class IRCProtocol(Protocol):
         self.accounts: dict[str, str | None] = {}
         """Folded nick -> services account (None: known not logged in)."""
         self._buffer = b""
-        self._queue: deque[bytes] = deque()
-        self._bucket = TokenBucket(s.line_burst, s.line_rate, self.clock)
+        self.queue = OutputQueue(self._write, TokenBucket(s.line_burst, s.line_rate, self.clock),
+                                 self.clock)
         self._user_buckets: dict[str, TokenBucket] = {}
         self._warned: set[str] = set()
-        self._pump_call: IDelayedCall | None = None
-        self._pings: dict[str, list[_Waiter]] = {}
-        """PING token -> the deliveries it confirms: (Deferred, folded target, refusals seen)."""
-        self._tail_ping: tuple[str, bytes] | None = None
-        """The last confirming PING queued, while it is still unsent at the queue's tail."""
         self._tokens = itertools.count(1)
         self._whois: dict[str, tuple[list[Deferred[str | None]], list[str | None],
                                      IDelayedCall]] = {}
@@ -137,14 +121,7 @@ class IRCProtocol(Protocol):
             if call.active():
                 call.cancel()
         self._timers.clear()
-        if self._pump_call is not None and self._pump_call.active():
-            self._pump_call.cancel()
-        self._queue.clear()
-        pings, self._pings = self._pings, {}
-        self._tail_ping = None
-        for waiters in pings.values():
-            for d, _target, _refusals in waiters:
-                d.errback(NotDelivered(f"connection lost: {reason.getErrorMessage()}"))
+        self.queue.close(reason.getErrorMessage())
         whois, self._whois = self._whois, {}
         for waiters, _found, timer in whois.values():
             if timer.active():
@@ -260,31 +237,14 @@ class IRCProtocol(Protocol):
         if not self._lost:
             self.transport.write(_encode(format_line(command, *params)))
 
-    def send(self, command: str, *params: str) -> None:
-        """Queue a line behind the flood control."""
-        if self._lost:
-            return
+    def _write(self, line: bytes) -> None:
+        if not self._lost:
+            self.transport.write(line)
+
+    def send(self, command: str, *params: str, lane: str = "") -> None:
+        """Queue a line behind the flood control, in ``lane`` (the bot's own by default)."""
         trailing = command in ("PRIVMSG", "NOTICE")
-        self._queue_line(_encode(format_line(command, *params, trailing=trailing)))
-
-    def _queue_line(self, line: bytes) -> None:
-        self._queue.append(line)
-        if self._pump_call is None:  # else the scheduled pump sends it in turn
-            self._pump()
-
-    def _pump(self) -> None:
-        self._pump_call = None
-        queue, bucket = self._queue, self._bucket
-        if not queue:
-            return
-        if bucket.rate == 0:
-            self.transport.writeSequence(list(queue))
-            queue.clear()
-            return
-        while queue and bucket.try_take():
-            self.transport.write(queue.popleft())
-        if queue:
-            self._pump_call = self.clock.callLater(bucket.delay(), self._pump)
+        self.queue.send(_encode(format_line(command, *params, trailing=trailing)), lane)
 
     def _text_limit(self, command: str, target: str) -> int:
         """Bytes of text that fit in one ``command target :text`` line as the server relays it."""
@@ -295,62 +255,32 @@ class IRCProtocol(Protocol):
         used = len(f":{prefix} {command} {target} :\r\n".encode())
         return max(MAX_LINE - used, 16)
 
-    def say(self, target: str, text: str | list[str], notice: bool = False,
-            address: str = "") -> int:
-        """Queue text to ``target``, split to fit; ``address`` (``"nick: "``) starts each line.
-
-        Returns the number of lines queued."""
+    def _lines(self, target: str, text: str | list[str], notice: bool, address: str
+               ) -> list[bytes]:
         command = "NOTICE" if notice else "PRIVMSG"
         limit = self._text_limit(command, target) - len(address.encode())
-        count = 0
-        for item in [text] if isinstance(text, str) else text:
-            for line in split_message(item, limit):
-                self.send(command, target, address + line)
-                count += 1
-        return count
+        return [_encode(format_line(command, target, address + line, trailing=True))
+                for item in ([text] if isinstance(text, str) else text)
+                for line in split_message(item, limit)]
+
+    def say(self, target: str, text: str | list[str], notice: bool = False,
+            address: str = "", lane: str = "") -> int:
+        """Queue text to ``target`` in ``lane``, split to fit; ``address`` (``"nick: "``)
+        starts each line.  Returns the number of lines queued."""
+        lines = self._lines(target, text, notice, address)
+        self.queue.send_lines(lines, lane)
+        return len(lines)
 
     def deliver(self, target: str, text: str | list[str], notice: bool = False
                 ) -> Deferred[None]:
-        """Queue text to ``target`` and a confirming PING; see :meth:`IRCService.deliver`.
-
-        While lines wait behind the flood control, deliveries share one PING: a confirming PING
-        still unsent at the tail of the queue is taken out, and its waiters move to the PING
-        after the new lines (the server processes lines in order, so one PONG confirms all)."""
-        carried: list[_Waiter] = []
-        tail = self._tail_ping
-        if tail is not None and self._queue and self._queue[-1] is tail[1]:
-            self._queue.pop()
-            carried = self._pings.pop(tail[0], [])
-        self._tail_ping = None
-        self.say(target, text, notice=notice)
-        return self.confirm(target, carried)
-
-    def confirm(self, target: str = "", carried: list[_Waiter] | None = None
-                ) -> Deferred[None]:
-        """Queue a PING and fire when its PONG comes back: the server processed what came
-        before it.  Errbacks with :class:`Refused` if the server refused ``target`` meanwhile."""
-        token = f"mup-{next(self._tokens)}"
-        waiters = carried or []
-        d: Deferred[None] = Deferred(lambda d: self._forget_delivery(d))
-        waiters.append((d, irc_lower(target), []))
-        self._pings[token] = waiters
-        line = _encode(format_line("PING", token))
-        self._tail_ping = (token, line)
-        self._queue_line(line)
-        return d
-
-    def _forget_delivery(self, d: Deferred[None]) -> None:
-        """A cancelled delivery: stop waiting for its PONG."""
-        for waiters in self._pings.values():
-            waiters[:] = [w for w in waiters if w[0] is not d]
+        """Queue text to ``target`` in the deliveries' lane, confirmed by a PING; see
+        :meth:`IRCService.deliver`."""
+        return self.queue.deliver(self._lines(target, text, notice, ""), irc_lower(target))
 
     def _refused(self, msg: Message) -> None:
         """ERR_NOSUCHNICK and friends: remember them for deliveries to that target."""
-        target = irc_lower(msg.param(1))
-        for waiters in self._pings.values():
-            for _d, pending, refusals in waiters:
-                if pending == target:
-                    refusals.append(f"{msg.param(1)}: {msg.params[-1]} ({msg.command})")
+        why = msg.params[-1] if msg.params else ""
+        self.queue.refused(irc_lower(msg.param(1)), f"{msg.param(1)}: {why} ({msg.command})")
 
     # -- registration and capabilities -----------------------------------------------------
 
@@ -684,12 +614,7 @@ class IRCProtocol(Protocol):
         self.send_now("PONG", msg.params[-1] if msg.params else "")
 
     def irc_PONG(self, msg: Message) -> None:
-        waiters = self._pings.pop(msg.params[-1] if msg.params else "", None)
-        for d, _target, refusals in waiters or []:
-            if refusals:
-                d.errback(Refused(refusals[0]))
-            else:
-                d.callback(None)
+        self.queue.pong(msg.params[-1] if msg.params else "")
 
     irc_404 = irc_406 = _refused
 
@@ -733,9 +658,9 @@ class IRCProtocol(Protocol):
 
         def reply(lines: list[str]) -> None:
             if private:
-                self.say(nick, lines)
+                self.say(nick, lines, lane=irc_lower(nick))
             else:
-                self.say(target, lines, address=f"{nick}: ")
+                self.say(target, lines, address=f"{nick}: ", lane=irc_lower(nick))
 
         d.addCallback(reply)
         d.addErrback(lambda f: log.failure("Command {name!r} from {nick} failed", f,
@@ -762,7 +687,7 @@ class IRCProtocol(Protocol):
             self._warned.add(key)
             wait = max(1, round(bucket.delay()))
             self.say(nick, f"Slow down, please: I'll answer you again in about {wait}s.",
-                     notice=True)
+                     notice=True, lane=key)
         return False
 
     def quit(self, message: str = "") -> None:

@@ -272,7 +272,7 @@ def test_flood_control_keeps_one_timer_however_long_the_queue() -> None:
 
     def pumps() -> int:
         return len([c for c in bot.clock.getDelayedCalls()
-                    if c.active() and c.func == bot.protocol._pump])
+                    if c.active() and c.func == bot.protocol.queue._pump])
 
     assert pumps() == 1
     bot.clock.advance(0.5)
