@@ -772,6 +772,11 @@ class IRCService(MultiService):
             return fail(ValueError(f"not an IRC target: {target!r}"))
         return protocol.deliver(target, text, notice=notice)
 
+    @property
+    def nick(self) -> str:
+        """The bot's nick on IRC now (the configured one while not connected)."""
+        return self.protocol.nick if self.protocol is not None else self.config.irc.nick
+
     def is_present(self, nick: str) -> bool:
         """``nick`` is in one of the bot's channels now."""
         return self.connected and self.protocol is not None and self.protocol.is_present(nick)

@@ -88,7 +88,7 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
                         default_channel=config.inbound.default_channel,
                         unknown_senders=config.inbound.unknown_senders,
                         region=config.sms.default_region, directory=directory, routes=routes,
-                        is_present=irc.is_present)
+                        is_present=irc.is_present, own_nick=lambda: irc.nick)
     except ValueError as e:
         raise ConfigError(f"{config.path}: {e}") from None
     if config.inbound.relay_url:

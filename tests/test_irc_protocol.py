@@ -698,3 +698,11 @@ def test_cancelled_delivery_stops_waiting() -> None:
     bot.clock.pump([1.0] * 5)
     bot.feed(f":irc.test PONG irc.test :{bot.sent()[-1].split()[1]}")
     assert second.called and second.result is None
+
+
+def test_service_reports_the_current_nick() -> None:
+    bot = Bot()
+    bot.feed(":irc.test 433 * mup :Nickname is already in use", ":irc.test 001 mup_ :Welcome")
+    assert bot.service.nick == "mup_"
+    bot.lose()
+    assert bot.service.nick == "mup"
