@@ -12,17 +12,20 @@ from __future__ import annotations
 import base64
 import itertools
 import random
+import re
 import socket
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mup.commands import Commands, Request, parse_command
 from mup.config import Config, ConfigError
@@ -129,7 +132,7 @@ class IRCProtocol(Protocol):
             for d in waiters:
                 d.callback(None)
         log.info("IRC connection lost: {reason}", reason=reason.getErrorMessage())
-        self.service._lost(self)
+        self.service._lost(self, reason)
 
     def _find_quickack(self) -> Any:
         """A function re-arming TCP_QUICKACK (Linux) on our socket, or None.
@@ -708,6 +711,60 @@ def retry_policy(max_delay: float) -> Any:
     return backoffPolicy(initialDelay=1.0, maxDelay=max_delay, factor=2.0, jitter=random.random)
 
 
+def describe_endpoint(description: str) -> str:
+    """``host:port (kind)`` from an endpoint string, for logs; other options (file names of
+    keys and certificates) are left out."""
+    kind, _, rest = description.partition(":")
+    parts = re.split(r"(?<!\\):", rest)
+    named = dict(p.split("=", 1) for p in parts if "=" in p)
+    plain = [p for p in parts if "=" not in p]
+    if kind == "unix":
+        return named.get("path") or (plain[0] if plain else description)
+    host = named.get("host") or (plain[0] if plain else "?")
+    port = named.get("port") or (plain[1] if len(plain) > 1 else "?")
+    return f"{host}:{port} ({kind})"
+
+
+def connect_reason(failure: Failure) -> str:
+    """Why a connection attempt failed or was dropped, in words an operator can act on."""
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(error.TimeoutError, error.TCPTimedOutError):
+        return "timed out"
+    if failure.check(error.DNSLookupError):
+        return "host name not found"
+    text = failure.getErrorMessage()
+    if "certificate" in text.lower():
+        return f"TLS certificate rejected: {text}"
+    return text or failure.type.__name__
+
+
+@implementer(IStreamClientEndpoint)
+class _DescribedEndpoint:
+    """An endpoint that names itself ``host:port`` (ClientService logs it on every retry) and
+    reports why a connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, where: str,
+                 failed: Any) -> None:
+        self._endpoint = endpoint
+        self.where = where
+        self._failed = failed
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d = self._endpoint.connect(factory)
+
+        def report(failure: Failure) -> Failure:
+            self._failed(failure)
+            return failure
+
+        return d.addErrback(report)
+
+    def __repr__(self) -> str:
+        return self.where
+
+    __str__ = __repr__
+
+
 class _IRCFactory(Factory):
     def __init__(self, service: IRCService) -> None:
         self.service = service
@@ -720,7 +777,8 @@ class IRCService(MultiService):
     """The bot's IRC presence: connects, reconnects forever, and offers delivery with
     confirmation to the rest of mup."""
 
-    def __init__(self, config: Config, commands: Commands, reactor: Any) -> None:
+    def __init__(self, config: Config, commands: Commands, reactor: Any,
+                 endpoint: IStreamClientEndpoint | None = None) -> None:
         super().__init__()
         self.setName("irc")
         self.config = config
@@ -728,12 +786,17 @@ class IRCService(MultiService):
         self.reactor = reactor
         self.protocol: IRCProtocol | None = None
         self._waiting: list[Deferred[None]] = []
-        try:
-            endpoint = clientFromString(reactor, config.irc.endpoint)
-        except Exception as e:  # TypeError, ValueError, OSError, ... from the endpoint parsers
-            detail = str(e) or type(e).__name__
-            raise ConfigError(f"{config.path}: [irc] endpoint: cannot use "
-                              f"{config.irc.endpoint!r}: {detail}") from None
+        self._state = ""
+        """The last connection trouble logged: each is logged once, until it changes."""
+        if endpoint is None:
+            try:
+                endpoint = clientFromString(reactor, config.irc.endpoint)
+            except Exception as e:  # TypeError, ValueError, OSError, ... from the parsers
+                detail = str(e) or type(e).__name__
+                raise ConfigError(f"{config.path}: [irc] endpoint: cannot use "
+                                  f"{config.irc.endpoint!r}: {detail}") from None
+        self.where = describe_endpoint(config.irc.endpoint)
+        endpoint = _DescribedEndpoint(endpoint, self.where, self._connect_failed)
         self._early_losses = 0
         """Connections lost before registering, in a row (TLS refused, banned, ...)."""
         policy = retry_policy(config.irc.reconnect_max_delay)
@@ -797,16 +860,31 @@ class IRCService(MultiService):
     def _made(self, protocol: IRCProtocol) -> None:
         self.protocol = protocol
 
+    def _trouble(self, state: str) -> None:
+        """Log a connection problem once, not on every retry."""
+        if state != self._state:
+            self._state = state
+            log.warn("{state}; retrying with backoff", state=state)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError, error.ConnectingCancelledError):
+            return  # stopping
+        self._trouble(f"Cannot connect to the IRC server {self.where}: "
+                      f"{connect_reason(failure)}")
+
     def _ready(self, protocol: IRCProtocol) -> None:
         self.protocol = protocol
         self._early_losses = 0
+        self._state = ""
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
-    def _lost(self, protocol: IRCProtocol) -> None:
+    def _lost(self, protocol: IRCProtocol, reason: Failure) -> None:
         if self.protocol is protocol:
             self.protocol = None
         if not protocol.registered:
             self._early_losses += 1
+            self._trouble(f"The IRC server {self.where} dropped the connection before "
+                          f"registration: {connect_reason(reason)}")
 

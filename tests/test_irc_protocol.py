@@ -706,3 +706,55 @@ def test_service_reports_the_current_nick() -> None:
     assert bot.service.nick == "mup_"
     bot.lose()
     assert bot.service.nick == "mup"
+
+
+def test_connect_failures_are_logged_once_per_change_with_host_port_and_reason() -> None:
+    """Issue 13 item 8: not `Scheduling retry N to connect <TCP4ClientEndpoint ...>`."""
+    from twisted.internet.error import ConnectionLost, ConnectionRefusedError, TimeoutError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    reactor = MemoryReactorClock()
+    config = parse_config({"irc": {"channels": [], "reconnect_max_delay": 2.0,
+                                   "endpoint": "tcp:host=irc.example.net:port=6697"}})
+    service = IRCService(config, Commands(), reactor)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        service.startService()
+
+        def fail(reason: Exception) -> None:
+            host, port, factory = reactor.tcpClients[-1][:3]
+            assert (host, port) == ("irc.example.net", 6697)
+            factory.clientConnectionFailed(None, Failure(reason))
+            reactor.advance(5)
+
+        for reason in [ConnectionRefusedError(), ConnectionRefusedError(), TimeoutError(),
+                       TimeoutError()]:
+            fail(reason)
+        protocol = reactor.tcpClients[-1][2].buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionLost(
+            "[('SSL routines', '', 'certificate verify failed')]")))
+        reactor.advance(5)
+        fail(ConnectionRefusedError())
+        service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    text = [formatEvent(e) for e in events]
+    mine = [t for t in text if "irc.example.net:6697" in t and "Scheduling" not in t]
+    assert mine == [
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): connection refused; "
+        "retrying with backoff",
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): timed out; "
+        "retrying with backoff",
+        "The IRC server irc.example.net:6697 (tcp) dropped the connection before "
+        "registration: TLS certificate rejected: Connection to the other side was lost in a "
+        "non-clean fashion: [('SSL routines', '', 'certificate verify failed')]."
+        "; retrying with backoff",
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): connection refused; "
+        "retrying with backoff",
+    ]
+    assert not any("object at 0x" in t for t in text)
