@@ -648,8 +648,9 @@ class IRCProtocol(Protocol):
         command = self.commands.get(name)
 
         def run(acct: str | None) -> Deferred[list[str]]:
+            how = "" if private else (self.settings.prefix or f"{self.nick}: ")
             request = Request(nick=nick, args=args, channel=channel, hostmask=msg.prefix,
-                              account=acct)
+                              account=acct, how=how)
             return self.commands.run(name, request)
 
         if command is None or not command.needs_account:

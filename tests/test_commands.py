@@ -29,8 +29,8 @@ def test_parse_command(text, private, expected):
     assert parse_command(text, "mup", "@", private) == expected
 
 
-def run(commands: Commands, name: str, args: str = "") -> list[str]:
-    d = commands.run(name, Request(nick="joe", args=args, channel="#ops"))
+def run(commands: Commands, name: str, args: str = "", how: str = "") -> list[str]:
+    d = commands.run(name, Request(nick="joe", args=args, channel="#ops", how=how))
     results: list = []
     d.addBoth(results.append)
     assert results, "commands without I/O answer synchronously"
@@ -46,10 +46,21 @@ def test_echo_without_text_shows_usage():
 
 
 def test_help_lists_and_explains():
+    """echo is a test command: not listed, still explained (issue 13 item 12)."""
     commands = Commands([echo()])
-    assert run(commands, "help") == ["Commands: echo, help. Say 'help <command>' for more."]
-    assert run(commands, "help", "echo") == ["echo <text> — Replies with the text."]
-    assert run(commands, "help", "nope") == ["I don't know 'nope'. Commands: echo, help."]
+    assert run(commands, "help") == ["Commands: help. Say 'help <command>' for more."]
+    assert run(commands, "help", "echo") == [
+        "echo <text> — Replies with the text (a test command)."]
+    assert run(commands, "help", "nope") == ["I don't know 'nope'. Commands: help."]
+    assert run(commands, "echo", "still works") == ["still works"]
+
+
+def test_help_hint_says_how_commands_are_addressed_here():
+    """In a channel only '@help poke' works, so the hint says so (issue 13 item 12)."""
+    assert run(Commands(), "help", how="@") == [
+        "Commands: help. Say '@help <command>' for more."]
+    assert run(Commands(), "pokee", how="mup: ") == [
+        "I don't know the command 'pokee'. Try 'mup: help'."]
 
 
 def test_unknown_command_gets_a_helpful_reply():

@@ -33,9 +33,13 @@ def test_joins_and_answers_in_channel_and_privately(ngircd, irc_client, run_bot)
     alice.expect(r"^:mup!\S+ PRIVMSG alice :just for me$")
     alice.privmsg("mup", "help")
     line = alice.expect(r"^:mup!\S+ PRIVMSG alice :Commands: ")
-    assert "echo" in line and "help" in line
+    assert "help" in line and "echo" not in line  # echo is a test command, not listed
+    assert "Say 'help <command>'" in line
+    alice.privmsg("#ops", "@help")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: Commands: .* Say '@help <command>'")
     alice.privmsg("#ops", "@nosuchcommand")
-    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: I don't know the command 'nosuchcommand'")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: I don't know the command 'nosuchcommand'. "
+                 r"Try '@help'.$")
 
 
 def test_odd_bytes_do_not_crash_the_bot(ngircd, irc_client, run_bot) -> None:

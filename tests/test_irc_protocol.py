@@ -758,3 +758,12 @@ def test_connect_failures_are_logged_once_per_change_with_host_port_and_reason()
         "retrying with backoff",
     ]
     assert not any("object at 0x" in t for t in text)
+
+
+def test_help_in_a_channel_hints_with_the_prefix() -> None:
+    bot = Bot()
+    bot.register()
+    bot.clock.advance(10)
+    bot.feed(":alice!a@h PRIVMSG #ops :@help", ":alice!a@h PRIVMSG mup :help")
+    assert bot.sent() == ["PRIVMSG #ops :alice: Commands: help. Say '@help <command>' for more.",
+                          "PRIVMSG alice :Commands: help. Say 'help <command>' for more."]

@@ -48,6 +48,9 @@ class Request:
     account: str | None = None
     """The sender's services account, resolved by the IRC layer for commands that need it
     (``Command.needs_account``); None when not logged in or unknown."""
+    how: str = ""
+    """What comes before a command's name where this was asked: ``"@"`` (the prefix) in a
+    channel, ``""`` in a private message; used in hints such as "Say '@help poke'"."""
 
     @property
     def private(self) -> bool:
@@ -68,6 +71,8 @@ class Command:
     handler: Handler
     needs_account: bool = False
     """Ask the IRC layer to resolve the sender's services account before running."""
+    hidden: bool = False
+    """Left out of the ``help`` list (a test command); ``help <name>`` still explains it."""
 
 
 def parse_command(text: str, nick: str, prefix: str, private: bool) -> tuple[str, str] | None:
@@ -123,17 +128,17 @@ class Commands:
             if command is None:
                 return f"I don't know {name!r}. Commands: {self._names()}."
             return f"{command.usage} — {command.summary}"
-        return f"Commands: {self._names()}. Say 'help <command>' for more."
+        return f"Commands: {self._names()}. Say '{request.how}help <command>' for more."
 
     def _names(self) -> str:
-        return ", ".join(c.name for c in self)
+        return ", ".join(c.name for c in self if not c.hidden)
 
     def run(self, name: str, request: Request) -> Deferred[list[str]]:
         """Run command ``name``; always fires with the reply lines, never errbacks."""
         command = self._commands.get(name)
         if command is None:
             return Deferred.fromCoroutine(_const(
-                [f"I don't know the command {name!r}. Try 'help'."[:400]]))
+                [f"I don't know the command {name[:50]!r}. Try '{request.how}help'."]))
         return ensureDeferred(self._run(command, request))
 
     async def _run(self, command: Command, request: Request) -> list[str]:
