@@ -23,7 +23,7 @@ def bot_config(server: Ngircd, **irc: Any) -> dict[str, dict[str, Any]]:
 def test_joins_and_answers_in_channel_and_privately(ngircd, irc_client, run_bot) -> None:
     alice = irc_client(ngircd.port, "alice")
     alice.join("#ops")
-    run_bot(bot_config(ngircd))
+    run_bot(bot_config(ngircd, command_burst=10))
     alice.expect(r"^:mup!\S+ JOIN :?#ops")
     alice.privmsg("#ops", "@echo hello world")
     alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: hello world$")
