@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 
-from mup.commands import Commands
+from mup.commands import Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import Config
 
@@ -62,7 +62,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
                       "the sms command is off")
     from mup.irc import IRCService
 
-    irc = IRCService(config, commands, reactor)
+    irc = IRCService(config, Dispatcher.from_config(commands, config, reactor), reactor)
     irc.setServiceParent(top)
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
     # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.

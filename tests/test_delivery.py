@@ -537,22 +537,19 @@ class Wire:
     """mup's IRCService and IRCProtocol on StringTransports, one per connection."""
 
     def __init__(self, **irc) -> None:
-        from mup.commands import Commands
         from mup.config import parse as parse_config
         from mup.irc import IRCService
 
         self.clock = Clock()
         config = parse_config({"irc": {"channels": ["#ops"], "ping_interval": 10_000.0, **irc}})
-        self.service = IRCService(config, Commands([]), self.clock)
+        self.service = IRCService(config, None, self.clock)
         self.connect()
         self.sent()
 
     def connect(self) -> None:
         from twisted.internet.testing import StringTransport
 
-        from mup.irc import IRCProtocol
-
-        self.protocol = IRCProtocol(self.service)
+        self.protocol = self.service.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.feed(":irc.test 001 mup :Welcome", ":mup!~mup@127.0.0.1 JOIN #ops",

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from mup.commands import Command, Commands
+from mup.commands import Command, Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
 from mup.irc import IRCService, Refused
@@ -129,7 +129,10 @@ def start_service(irc_reactor) -> Iterator[Any]:
 
     def start(server: Ngircd, **irc: Any) -> IRCService:
         config = parse_config(bot_config(server, **irc))
-        service = IRCService(config, Commands([echo(), long_reply()]), irc_reactor.reactor)
+        commands = Commands([echo(), long_reply()])
+        service = IRCService(config, Dispatcher.from_config(commands, config,
+                                                            irc_reactor.reactor),
+                             irc_reactor.reactor)
         services.append(service)
         irc_reactor.call(service.startService)
         irc_reactor.call(lambda: service.when_connected())

@@ -9,10 +9,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from mup.commands import Commands
+from mup.commands import Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
-from mup.irc import IRCProtocol, IRCService
+from mup.irc import IRCService
 
 
 class Wire:
@@ -24,8 +24,10 @@ class Wire:
         irc.setdefault("ping_interval", 10_000.0)
         self.clock = Clock()
         self.config = parse_config({"irc": irc})
-        self.service = IRCService(self.config, Commands([echo()]), self.clock)
-        self.protocol = IRCProtocol(self.service)
+        self.service = IRCService(
+            self.config, Dispatcher.from_config(Commands([echo()]), self.config, self.clock),
+            self.clock)
+        self.protocol = self.service.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.feed(":irc.test 001 mup :Welcome", ":mup!~mup@127.0.0.1 JOIN #ops",
