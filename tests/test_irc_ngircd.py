@@ -219,3 +219,22 @@ def test_200_lines_are_not_flood_kicked_with_default_server_flood_control(
     alice.privmsg("#ops", "@echo still connected")
     alice.expect(r"PRIVMSG #ops :alice: still connected$")
     assert not any(re.search(rb"ERROR|Excess|flood", line, re.I) for line in alice.lines)
+
+
+def test_a_backlog_is_confirmed_while_it_drains_under_default_flood_control(
+        ngircd, irc_client, start_service, irc_reactor) -> None:
+    """Issue 13 item 1 against a real server: with the default flood control (5 lines, then
+    1/s) twelve SMS deliveries are confirmed a few at a time as they are shown, not all at
+    the end (a kill -9 would then show the whole backlog again)."""
+    alice = irc_client(ngircd.port, "alice")
+    alice.join("#ops")
+    service = start_service(ngircd)  # defaults: line_burst 5, line_rate 1
+    alice.expect(r"^:mup!\S+ JOIN")
+    started: list[Any] = []
+    irc_reactor.call(lambda: started.extend(
+        service.deliver("#ops", f"[SMS] <bob> m{i}") for i in range(12)))
+    for i in range(12):
+        alice.expect(rf"^:mup!\S+ PRIVMSG #ops :\[SMS\] <bob> m{i}$", timeout=10)
+    confirmed_when_all_shown = irc_reactor.call(lambda: sum(d.called for d in started))
+    assert confirmed_when_all_shown >= 5
+    wait_for(lambda: all(d.called for d in started), 10, "the last confirmations")
