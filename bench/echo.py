@@ -41,13 +41,14 @@ from _common import (
 CORE_ONLY = """
 import sys
 from twisted.internet import reactor
-from mup.commands import Commands
+from mup.commands import Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse
 from mup.irc import IRCService
 config = parse({"irc": {"endpoint": sys.argv[1], "nick": "core", "channels": ["#bench"],
                         "line_rate": 0, "command_rate": 0}})
-IRCService(config, Commands([echo()]), reactor).startService()
+IRCService(config, Dispatcher.from_config(Commands([echo()]), config, reactor),
+           reactor).startService()
 reactor.run()
 """
 

@@ -45,3 +45,37 @@ class TokenBucket:
         self._refill()
         missing = n - self._tokens
         return 0.0 if missing <= 0 else missing / self.rate
+
+
+class PerKeyLimit:
+    """A :class:`TokenBucket` per key (per user), at most ``max_keys`` of them: when full, the
+    buckets back at full burst (nobody limited there) are forgotten.  Says when a key is first
+    refused, so a caller warns once, then stays silent until the key is let through again."""
+
+    def __init__(self, burst: float, rate: float, clock: IReactorTime,
+                 max_keys: int = 1000) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+        self._warned: set[str] = set()
+
+    def check(self, key: str) -> tuple[bool, float | None]:
+        """``(allowed, wait)``: ``wait`` is set (seconds until allowed) on the first refusal of
+        a run of refusals only; rate 0 allows everything."""
+        if self.rate == 0:
+            return True, None
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._buckets = {k: b for k, b in self._buckets.items() if b.tokens < b.burst}
+                self._warned &= self._buckets.keys()
+            bucket = self._buckets[key] = TokenBucket(self.burst, self.rate, self._clock)
+        if bucket.try_take():
+            self._warned.discard(key)
+            return True, None
+        if key in self._warned:
+            return False, None
+        self._warned.add(key)
+        return False, bucket.delay()

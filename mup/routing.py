@@ -5,8 +5,10 @@ By the SMS's first word: ``#chan ...`` goes to that channel if the bot is config
 the nick is on IRC or in the directory; anything else goes to whoever last texted this number
 through mup (within the reply window), else to the default channel.  A private message for
 someone not on IRC right now goes to the default channel with a note saying for whom, as the
-server would silently drop it.  The sender is named by
-the directory; an unknown number is masked, or the message dropped, by config.
+server would silently drop it.  A first word naming the bot itself or a services bot
+(NickServ, ChanServ, ...) addresses nobody: such a message goes where an unaddressed one goes.
+The sender is named by the directory; an unknown number is masked, or the message dropped, by
+config.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from mup.gateway import InboundSMS
 from mup.ircmsg import irc_lower
 from mup.phone import InvalidNumber, canonical, mask_number
 
-__all__ = ["Route", "Router"]
+__all__ = ["SERVICE_NICKS", "Route", "Router"]
 
 log = Logger()
+
+SERVICE_NICKS = frozenset({
+    "nickserv", "chanserv", "memoserv", "operserv", "botserv", "hostserv", "helpserv",
+    "groupserv", "saslserv", "infoserv", "statserv", "reportserv", "alis", "global"})
+"""Services bots (folded): never the person an SMS is for."""
 
 _NICK = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}")
 
@@ -59,11 +66,13 @@ class Router:
 
     ``directory`` has ``by_phone(number)`` and ``by_nick(nick)`` returning
     ``Deferred[Person | None]`` (or is None); ``routes`` has ``lookup(number) -> nick | None``;
-    ``is_present(nick)`` says whether a nick is on IRC now."""
+    ``is_present(nick)`` says whether a nick is on IRC now; ``own_nick()`` is the bot's
+    current nick (from the IRC connection's state)."""
 
     def __init__(self, *, channels: list[str], default_channel: str, unknown_senders: str,
                  region: str, directory: Any, routes: Any,
-                 is_present: Callable[[str], bool]) -> None:
+                 is_present: Callable[[str], bool],
+                 own_nick: Callable[[], str] = lambda: "") -> None:
         self.channels = {irc_lower(c): c for c in channels}
         self.default_channel = default_channel or (channels[0] if channels else "")
         if not self.default_channel:
@@ -73,6 +82,7 @@ class Router:
         self.directory = directory
         self.routes = routes
         self.is_present = is_present
+        self.own_nick = own_nick
 
     def number(self, raw: str) -> str:
         """The sender as E.164 where it parses, else as the gateway wrote it."""
@@ -100,7 +110,7 @@ class Router:
                          note=f"(sent to {_clip(first)}, which is not one of my channels)",
                          why="addressed to an unknown channel")
         nick = first.rstrip(":,")
-        if _NICK.fullmatch(nick) and await self._is_person(nick):
+        if _NICK.fullmatch(nick) and not self._is_bot(nick) and await self._is_person(nick):
             return self._private(nick, rest, sender, sender_nick, "addressed to a nick")
         if reply_to:
             return self._private(reply_to, sms.text.strip(), sender, sender_nick,
@@ -116,6 +126,11 @@ class Router:
             return Route(nick, text, sender, sender_nick, why=why)
         return Route(self.default_channel, text, sender, sender_nick,
                      note=f"(for {nick}, who is not on IRC now)", why=why + ", absent")
+
+    def _is_bot(self, nick: str) -> bool:
+        """``nick`` is this bot or a services bot: it addresses nobody."""
+        folded = irc_lower(nick)
+        return folded in SERVICE_NICKS or folded == irc_lower(self.own_nick())
 
     async def _person_nick(self, number: str) -> str | None:
         """The sender's nick; "" when not in the directory; None when the directory failed

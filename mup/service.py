@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 
-from mup.commands import Commands
+from mup.commands import Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import Config
 from mup.store import StateStore
@@ -67,7 +67,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
                       "the sms command is off")
     from mup.irc import IRCService
 
-    irc = IRCService(config, commands, reactor)
+    irc = IRCService(config, Dispatcher.from_config(commands, config, reactor), reactor)
     irc.setServiceParent(top)
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
     # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.
@@ -104,7 +104,7 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
                         default_channel=config.inbound.default_channel,
                         unknown_senders=config.inbound.unknown_senders,
                         region=config.sms.default_region, directory=directory, routes=routes,
-                        is_present=irc.is_present)
+                        is_present=irc.is_present, own_nick=lambda: irc.nick)
     except ValueError as e:
         raise ConfigError(f"{config.path}: {e}") from None
     if config.inbound.relay_url:

@@ -538,22 +538,19 @@ class Wire:
     """mup's IRCService and IRCProtocol on StringTransports, one per connection."""
 
     def __init__(self, **irc) -> None:
-        from mup.commands import Commands
         from mup.config import parse as parse_config
         from mup.irc import IRCService
 
         self.clock = Clock()
         config = parse_config({"irc": {"channels": ["#ops"], "ping_interval": 10_000.0, **irc}})
-        self.service = IRCService(config, Commands([]), self.clock)
+        self.service = IRCService(config, None, self.clock)
         self.connect()
         self.sent()
 
     def connect(self) -> None:
         from twisted.internet.testing import StringTransport
 
-        from mup.irc import IRCProtocol
-
-        self.protocol = IRCProtocol(self.service)
+        self.protocol = self.service.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.feed(":irc.test 001 mup :Welcome", ":mup!~mup@127.0.0.1 JOIN #ops",
@@ -606,12 +603,15 @@ def test_real_protocol_pipelined_messages_share_one_ping(tmp_path) -> None:
     lines = wire.sent()
     assert [line for line in lines if line.startswith("PRIVMSG")] == [
         f"PRIVMSG #ops :[SMS] <niemeyer> m{i}" for i in range(5)]
-    # m0 and its PING went at once; m1..m4 queued behind the flood control share one PING.
+    # m0 and its PING went at once; m1..m3 queued behind the flood control share one PING,
+    # sent no later than ircqueue.CONFIRM_SECONDS after m1 (so m4 gets its own).
     pings = [line for line in lines if line.startswith("PING")]
-    assert len(pings) == 2 and lines[-1] == pings[-1] and journal.done == set()
+    assert len(pings) == 3 and lines[-1] == pings[-1] and journal.done == set()
     wire.pong(pings[0])
     assert acked == entries[:1]
     wire.pong(pings[1])
+    assert acked == entries[:4]
+    wire.pong(pings[2])
     assert journal.done == {e.seq for e in entries} and acked == entries
 
 

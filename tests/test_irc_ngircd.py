@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from mup.commands import Command, Commands
+from mup.commands import Command, Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
 from mup.irc import IRCService, Refused
@@ -23,7 +23,7 @@ def bot_config(server: Ngircd, **irc: Any) -> dict[str, dict[str, Any]]:
 def test_joins_and_answers_in_channel_and_privately(ngircd, irc_client, run_bot) -> None:
     alice = irc_client(ngircd.port, "alice")
     alice.join("#ops")
-    run_bot(bot_config(ngircd))
+    run_bot(bot_config(ngircd, command_burst=10))
     alice.expect(r"^:mup!\S+ JOIN :?#ops")
     alice.privmsg("#ops", "@echo hello world")
     alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: hello world$")
@@ -33,9 +33,13 @@ def test_joins_and_answers_in_channel_and_privately(ngircd, irc_client, run_bot)
     alice.expect(r"^:mup!\S+ PRIVMSG alice :just for me$")
     alice.privmsg("mup", "help")
     line = alice.expect(r"^:mup!\S+ PRIVMSG alice :Commands: ")
-    assert "echo" in line and "help" in line
+    assert "help" in line and "echo" not in line  # echo is a test command, not listed
+    assert "Say 'help <command>'" in line
+    alice.privmsg("#ops", "@help")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: Commands: .* Say '@help <command>'")
     alice.privmsg("#ops", "@nosuchcommand")
-    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: I don't know the command 'nosuchcommand'")
+    alice.expect(r"^:mup!\S+ PRIVMSG #ops :alice: I don't know the command 'nosuchcommand'. "
+                 r"Try '@help'.$")
 
 
 def test_odd_bytes_do_not_crash_the_bot(ngircd, irc_client, run_bot) -> None:
@@ -125,7 +129,10 @@ def start_service(irc_reactor) -> Iterator[Any]:
 
     def start(server: Ngircd, **irc: Any) -> IRCService:
         config = parse_config(bot_config(server, **irc))
-        service = IRCService(config, Commands([echo(), long_reply()]), irc_reactor.reactor)
+        commands = Commands([echo(), long_reply()])
+        service = IRCService(config, Dispatcher.from_config(commands, config,
+                                                            irc_reactor.reactor),
+                             irc_reactor.reactor)
         services.append(service)
         irc_reactor.call(service.startService)
         irc_reactor.call(lambda: service.when_connected())
@@ -212,3 +219,22 @@ def test_200_lines_are_not_flood_kicked_with_default_server_flood_control(
     alice.privmsg("#ops", "@echo still connected")
     alice.expect(r"PRIVMSG #ops :alice: still connected$")
     assert not any(re.search(rb"ERROR|Excess|flood", line, re.I) for line in alice.lines)
+
+
+def test_a_backlog_is_confirmed_while_it_drains_under_default_flood_control(
+        ngircd, irc_client, start_service, irc_reactor) -> None:
+    """Issue 13 item 1 against a real server: with the default flood control (5 lines, then
+    1/s) twelve SMS deliveries are confirmed a few at a time as they are shown, not all at
+    the end (a kill -9 would then show the whole backlog again)."""
+    alice = irc_client(ngircd.port, "alice")
+    alice.join("#ops")
+    service = start_service(ngircd)  # defaults: line_burst 5, line_rate 1
+    alice.expect(r"^:mup!\S+ JOIN")
+    started: list[Any] = []
+    irc_reactor.call(lambda: started.extend(
+        service.deliver("#ops", f"[SMS] <bob> m{i}") for i in range(12)))
+    for i in range(12):
+        alice.expect(rf"^:mup!\S+ PRIVMSG #ops :\[SMS\] <bob> m{i}$", timeout=10)
+    confirmed_when_all_shown = irc_reactor.call(lambda: sum(d.called for d in started))
+    assert confirmed_when_all_shown >= 5
+    wait_for(lambda: all(d.called for d in started), 10, "the last confirmations")

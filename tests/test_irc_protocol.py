@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from mup.commands import Command, Commands, Request
+from mup.commands import Command, Commands, Dispatcher, Request
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
-from mup.irc import IRCProtocol, IRCService, NotDelivered, retry_policy
+from mup.irc import IRCService, NotDelivered, retry_policy
 
 HOSTMASK = "mup!~mup@127.0.0.1"
 
@@ -29,9 +29,10 @@ class Bot:
         self.config = parse_config({"irc": irc})
         self.clock = Clock()
         self.requests: list[Request] = []
-        self.service = IRCService(self.config, Commands([echo(), *(commands or [])]),
-                                  self.clock)
-        self.protocol = IRCProtocol(self.service)
+        self.service = IRCService(
+            self.config, Dispatcher.from_config(Commands([echo(), *(commands or [])]),
+                                                self.config, self.clock), self.clock)
+        self.protocol = self.service.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -223,7 +224,7 @@ def test_kick_rejoins_after_delay() -> None:
     bot = Bot(rejoin_delay=10)
     bot.register()
     bot.feed(":alice!a@h KICK #ops mup :out")
-    assert "#ops" not in bot.protocol.channels
+    assert "#ops" not in bot.protocol.state.channels
     bot.clock.advance(9)
     assert bot.sent() == []
     bot.clock.advance(1)
@@ -272,7 +273,7 @@ def test_flood_control_keeps_one_timer_however_long_the_queue() -> None:
 
     def pumps() -> int:
         return len([c for c in bot.clock.getDelayedCalls()
-                    if c.active() and c.func == bot.protocol._pump])
+                    if c.active() and c.func == bot.protocol.queue._pump])
 
     assert pumps() == 1
     bot.clock.advance(0.5)
@@ -488,7 +489,7 @@ def test_tcp_nodelay_is_set() -> None:
 
     bot = Bot()
     transport = TCPTransport()
-    protocol = IRCProtocol(bot.service)
+    protocol = bot.service.factory.buildProtocol(None)
     protocol.makeConnection(transport)
     assert transport.nodelay
 
@@ -532,11 +533,11 @@ def test_account_tags_are_remembered_only_for_channel_members() -> None:
     bot.register()
     bot.feed("@account=alice :alice!a@h PRIVMSG #ops :hi",
              "@account=zed :zed!z@h PRIVMSG mup :hi")
-    assert bot.protocol.accounts == {"alice": "alice"}
+    assert bot.protocol.state.accounts == {"alice": "alice"}
     bot.feed(":alice!a@h PRIVMSG #ops :logged out now?")  # no tag: not logged in
     assert bot.service.account_of("alice").result is None
     bot.feed("@account=alice :alice!a@h QUIT :bye")
-    assert bot.protocol.accounts == {}
+    assert bot.protocol.state.accounts == {}
 
 
 def test_backoff_grows_while_the_server_drops_us_before_registration(monkeypatch) -> None:
@@ -549,7 +550,7 @@ def test_backoff_grows_while_the_server_drops_us_before_registration(monkeypatch
     monkeypatch.setattr(random, "random", lambda: 0.0)  # no jitter
     reactor = MemoryReactorClock()
     config = parse_config({"irc": {"channels": [], "reconnect_max_delay": 10.0}})
-    service = IRCService(config, Commands(), reactor)
+    service = IRCService(config, None, reactor)
     service.startService()
 
     def connect_and_drop(register: bool) -> float:
@@ -624,7 +625,7 @@ def test_unusable_endpoint_is_a_config_error(endpoint: str) -> None:
 
     config = parse_config({"irc": {"endpoint": endpoint}}, path="mup.toml")
     with pytest.raises(ConfigError, match=r"^mup.toml: \[irc\] endpoint: cannot use"):
-        IRCService(config, Commands(), Clock())
+        IRCService(config, None, Clock())
 
 
 @settings(max_examples=150, deadline=None)
@@ -698,3 +699,104 @@ def test_cancelled_delivery_stops_waiting() -> None:
     bot.clock.pump([1.0] * 5)
     bot.feed(f":irc.test PONG irc.test :{bot.sent()[-1].split()[1]}")
     assert second.called and second.result is None
+
+
+def test_service_reports_the_current_nick() -> None:
+    bot = Bot()
+    bot.feed(":irc.test 433 * mup :Nickname is already in use", ":irc.test 001 mup_ :Welcome")
+    assert bot.service.nick == "mup_"
+    bot.lose()
+    assert bot.service.nick == "mup"
+
+
+def test_connect_failures_are_logged_once_per_change_with_host_port_and_reason() -> None:
+    """Issue 13 item 8: not `Scheduling retry N to connect <TCP4ClientEndpoint ...>`."""
+    from twisted.internet.error import ConnectionLost, ConnectionRefusedError, TimeoutError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    reactor = MemoryReactorClock()
+    config = parse_config({"irc": {"channels": [], "reconnect_max_delay": 2.0,
+                                   "endpoint": "tcp:host=irc.example.net:port=6697"}})
+    service = IRCService(config, None, reactor)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        service.startService()
+
+        def fail(reason: Exception) -> None:
+            host, port, factory = reactor.tcpClients[-1][:3]
+            assert (host, port) == ("irc.example.net", 6697)
+            factory.clientConnectionFailed(None, Failure(reason))
+            reactor.advance(5)
+
+        for reason in [ConnectionRefusedError(), ConnectionRefusedError(), TimeoutError(),
+                       TimeoutError()]:
+            fail(reason)
+        protocol = reactor.tcpClients[-1][2].buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionLost(
+            "[('SSL routines', '', 'certificate verify failed')]")))
+        reactor.advance(5)
+        fail(ConnectionRefusedError())
+        service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    text = [formatEvent(e) for e in events]
+    mine = [t for t in text if "irc.example.net:6697" in t and "Scheduling" not in t]
+    assert mine == [
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): connection refused; "
+        "retrying with backoff",
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): timed out; "
+        "retrying with backoff",
+        "The IRC server irc.example.net:6697 (tcp) dropped the connection before "
+        "registration: TLS certificate rejected: Connection to the other side was lost in a "
+        "non-clean fashion: [('SSL routines', '', 'certificate verify failed')]."
+        "; retrying with backoff",
+        "Cannot connect to the IRC server irc.example.net:6697 (tcp): connection refused; "
+        "retrying with backoff",
+    ]
+    assert not any("object at 0x" in t for t in text)
+
+
+def test_help_in_a_channel_hints_with_the_prefix() -> None:
+    bot = Bot()
+    bot.register()
+    bot.clock.advance(10)
+    bot.feed(":alice!a@h PRIVMSG #ops :@help", ":alice!a@h PRIVMSG mup :help")
+    assert bot.sent() == ["PRIVMSG #ops :alice: Commands: help. Say '@help <command>' for more.",
+                          "PRIVMSG alice :Commands: help. Say 'help <command>' for more."]
+
+
+def test_the_listener_hears_nick_mask_account_and_place() -> None:
+    """IRC reports "a message from this nick, with this mask and account, in this place";
+    it runs no commands itself."""
+    from mup.irc import IRCProtocol, IRCSettings
+
+    heard: list = []
+
+    class Listener:
+        def connection_made(self, protocol) -> None: ...
+        def connection_ready(self, protocol) -> None: ...
+        def connection_lost(self, protocol, reason) -> None: ...
+
+        def message_received(self, message, link) -> None:
+            heard.append(message)
+            link.say(message.channel or message.nick, "heard", lane=message.nick.lower())
+
+    protocol = IRCProtocol(IRCSettings(channels=("#ops",), line_rate=0), Listener(), Clock())
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    for line in [":irc.test CAP * LS :account-tag", ":irc.test CAP * ACK :account-tag",
+                 ":irc.test 001 mup :Welcome", f":{HOSTMASK} JOIN #ops",
+                 "@account=al :alice!a@host.example PRIVMSG #ops :hello",
+                 ":bob!b@h PRIVMSG mup :psst", ":mup!~mup@h PRIVMSG #ops :myself",
+                 ":irc.test NOTICE mup :server", ":carol!c@h PRIVMSG mup :\x01VERSION\x01"]:
+        protocol.dataReceived(line.encode() + b"\r\n")
+    assert [(m.nick, m.mask, m.account, m.account_known, m.channel, m.text, m.own_nick)
+            for m in heard] == [
+        ("alice", "alice!a@host.example", "al", True, "#ops", "hello", "mup"),
+        ("bob", "bob!b@h", None, True, None, "psst", "mup")]
+    assert transport.value().endswith(b"PRIVMSG #ops :heard\r\nPRIVMSG bob :heard\r\n")

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from mup.commands import Command, Commands
+from mup.commands import Command, Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
 from mup.irc import IRCService
@@ -93,7 +93,9 @@ def whoami() -> Command:
 def bot_service(inspircd_atheme, irc_reactor) -> Iterator[IRCService]:
     config = parse_config({"irc": {"endpoint": inspircd_atheme.endpoint, "nick": "mup",
                                    "channels": ["#ops"], "line_rate": 0}})
-    service = IRCService(config, Commands([echo(), whoami()]), irc_reactor.reactor)
+    commands = Commands([echo(), whoami()])
+    service = IRCService(config, Dispatcher.from_config(commands, config, irc_reactor.reactor),
+                         irc_reactor.reactor)
     irc_reactor.call(service.startService)
     yield service
     irc_reactor.call(service.stopService)

@@ -22,13 +22,15 @@ OLD = Path(__file__).parent / "data" / "state-v0"
 
 
 
-def make_router(tmp_path, unknown: str = "mask", directory=None, present=("alice",),
-                clock: Clock | None = None) -> tuple[Router, ReplyRoutes]:
+def make_router(tmp_path, unknown: str = "mask", directory=None,
+                present=("alice", "mup", "nickserv"), clock: Clock | None = None,
+                own_nick: str = "mup") -> tuple[Router, ReplyRoutes]:
     clock = clock or Clock()
     routes = ReplyRoutes(MemoryStateStore(), 12 * 3600, clock)
     router = Router(channels=["#ops", "#Dev[1]"], default_channel="#ops", unknown_senders=unknown,
                     region="GB", directory=directory or FakeDirectory([NIEMEYER, JOE]),
-                    routes=routes, is_present=lambda nick: nick.lower() in present)
+                    routes=routes, is_present=lambda nick: nick.lower() in present,
+                    own_nick=lambda: own_nick)
     return router, routes
 
 
@@ -51,6 +53,11 @@ CASES = [
     ("+447911123456", "", "#ops", "", "niemeyer", False),
     ("+447911123456", "   ", "#ops", "", "niemeyer", False),
     ("+447911123456", "# lonely hash", "#ops", "# lonely hash", "niemeyer", False),
+    # the bot itself and services bots address nobody (issue 13 item 4)
+    ("+447911123456", "mup hello", "#ops", "mup hello", "niemeyer", False),
+    ("+447911123456", "MUP: hello", "#ops", "MUP: hello", "niemeyer", False),
+    ("+447911123456", "NickServ identify x", "#ops", "NickServ identify x", "niemeyer", False),
+    ("+447911123456", "chanserv op", "#ops", "chanserv op", "niemeyer", False),
 ]
 
 
@@ -185,3 +192,15 @@ def test_private_for_someone_not_on_irc_goes_to_the_channel_addressed(tmp_path) 
     routes.record("+447911123999", "ann")
     r = route(router, "+447911123999", "thanks")
     assert (r.target, r.note) == ("#ops", "(for ann, who is not on IRC now)")
+
+
+def test_the_bots_current_nick_addresses_nobody(tmp_path) -> None:
+    """The nick comes from IRC as it is now (e.g. an alternate nick after a collision)."""
+    nick = ["mup"]
+    routes = ReplyRoutes(str(tmp_path), 12 * 3600, Clock())
+    router = Router(channels=["#ops"], default_channel="#ops", unknown_senders="mask",
+                    region="GB", directory=FakeDirectory([NIEMEYER]), routes=routes,
+                    is_present=lambda n: n.lower() in ("mup", "mup_"), own_nick=lambda: nick[0])
+    nick[0] = "mup_"
+    assert route(router, "+447911123456", "mup_ hi").target == "#ops"
+    assert route(router, "+447911123456", "mup hi").target == "mup"  # someone else now

@@ -1,8 +1,12 @@
 """The command framework: a command is one small, self-describing unit.
 
-Data flows one way: the IRC layer turns a PRIVMSG into a :class:`Request`, :class:`Commands`
-finds the :class:`Command` and runs it, and the command returns its reply as text.  A command
-never touches IRC; it gets what it needs (a directory, a gateway) when it is built.
+Data flows one way: the IRC transport reports what a person said (a
+:class:`~mup.ircevents.ChatMessage`: nick, mask, account, place, text) to the
+:class:`Dispatcher`, which sees whether it is a command, applies the per-user limit, finds out
+the sender's account if the command needs it, and has :class:`Commands` run it as a
+:class:`Request`; the command returns its reply as text, which the dispatcher sends back
+through the :class:`~mup.ircevents.ChatLink`.  A command never touches IRC; it gets what it
+needs (a directory, a gateway) when it is built.
 
 Adding a command::
 
@@ -16,12 +20,18 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Union
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Command", "Commands", "Reply", "Request", "UsageError", "parse_command"]
+from mup.ircevents import ChatLink, ChatMessage
+from mup.ircmsg import irc_lower
+from mup.ratelimit import PerKeyLimit
+
+__all__ = ["Command", "Commands", "Dispatcher", "Reply", "Request", "UsageError",
+           "parse_command"]
 
 log = Logger()
 
@@ -48,6 +58,9 @@ class Request:
     account: str | None = None
     """The sender's services account, resolved by the IRC layer for commands that need it
     (``Command.needs_account``); None when not logged in or unknown."""
+    how: str = ""
+    """What comes before a command's name where this was asked: ``"@"`` (the prefix) in a
+    channel, ``""`` in a private message; used in hints such as "Say '@help poke'"."""
 
     @property
     def private(self) -> bool:
@@ -68,6 +81,8 @@ class Command:
     handler: Handler
     needs_account: bool = False
     """Ask the IRC layer to resolve the sender's services account before running."""
+    hidden: bool = False
+    """Left out of the ``help`` list (a test command); ``help <name>`` still explains it."""
 
 
 def parse_command(text: str, nick: str, prefix: str, private: bool) -> tuple[str, str] | None:
@@ -113,7 +128,7 @@ class Commands:
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Command]:
         return iter(sorted(self._commands.values(), key=lambda c: c.name))
 
     def _help(self, request: Request) -> str:
@@ -123,17 +138,17 @@ class Commands:
             if command is None:
                 return f"I don't know {name!r}. Commands: {self._names()}."
             return f"{command.usage} — {command.summary}"
-        return f"Commands: {self._names()}. Say 'help <command>' for more."
+        return f"Commands: {self._names()}. Say '{request.how}help <command>' for more."
 
     def _names(self) -> str:
-        return ", ".join(c.name for c in self)
+        return ", ".join(c.name for c in self if not c.hidden)
 
     def run(self, name: str, request: Request) -> Deferred[list[str]]:
         """Run command ``name``; always fires with the reply lines, never errbacks."""
         command = self._commands.get(name)
         if command is None:
             return Deferred.fromCoroutine(_const(
-                [f"I don't know the command {name!r}. Try 'help'."[:400]]))
+                [f"I don't know the command {name[:50]!r}. Try '{request.how}help'."]))
         return ensureDeferred(self._run(command, request))
 
     async def _run(self, command: Command, request: Request) -> list[str]:
@@ -157,3 +172,59 @@ class Commands:
 
 async def _const(value: list[str]) -> list[str]:
     return value
+
+
+class Dispatcher:
+    """Hears what people say on IRC (a :class:`~mup.ircevents.MessageListener`) and answers
+    the commands in it: addressing (``prefix``, ``nick:``, private), the per-user limit
+    (``burst`` commands at once, then ``rate`` a second; one warning, then silence), the
+    sender's account for commands that need it, and the reply to where it was asked."""
+
+    def __init__(self, commands: Commands, clock: IReactorTime, *, prefix: str = "@",
+                 burst: float = 5, rate: float = 0.5) -> None:
+        self.commands = commands
+        self.prefix = prefix
+        self.limit = PerKeyLimit(burst, rate, clock)
+
+    @classmethod
+    def from_config(cls, commands: Commands, config: Any, clock: IReactorTime) -> Dispatcher:
+        """With the ``[irc]`` keys ``prefix``, ``command_burst`` and ``command_rate``."""
+        irc = config.irc
+        return cls(commands, clock, prefix=irc.prefix, burst=irc.command_burst,
+                   rate=irc.command_rate)
+
+    def message_received(self, message: ChatMessage, link: ChatLink) -> None:
+        parsed = parse_command(message.text, message.own_nick, self.prefix, message.private)
+        if parsed is None:
+            return
+        nick = message.nick
+        lane = irc_lower(nick)  # one requester's answers wait behind each other, not others'
+        allowed, wait = self.limit.check(lane)
+        if not allowed:
+            if wait is not None:
+                link.say(nick, "Slow down, please: I'll answer you again in about "
+                         f"{max(1, round(wait))}s.", notice=True, lane=lane)
+            return
+        name, args = parsed
+        command = self.commands.get(name)
+        how = "" if message.private else (self.prefix or f"{message.own_nick}: ")
+
+        def run(account: str | None) -> Deferred[list[str]]:
+            return self.commands.run(name, Request(
+                nick=nick, args=args, channel=message.channel, hostmask=message.mask,
+                account=account, how=how))
+
+        if command is None or not command.needs_account or message.account_known:
+            d = run(message.account)
+        else:
+            d = link.account_of(nick).addCallback(run)
+
+        def reply(lines: list[str]) -> None:
+            if message.channel is None:
+                link.say(nick, lines, lane=lane)
+            else:
+                link.say(message.channel, lines, address=f"{nick}: ", lane=lane)
+
+        d.addCallback(reply)
+        d.addErrback(lambda f: log.failure("Command {name!r} from {nick} failed", f,
+                                           name=name, nick=nick))

@@ -13,4 +13,5 @@ def echo() -> Command:
             raise UsageError("")
         return request.args
 
-    return Command("echo", "echo <text>", "Replies with the text.", run)
+    return Command("echo", "echo <text>", "Replies with the text (a test command).", run,
+                   hidden=True)
