@@ -194,10 +194,10 @@ def test_private_for_someone_not_on_irc_goes_to_the_channel_addressed(tmp_path) 
     assert (r.target, r.note) == ("#ops", "(for ann, who is not on IRC now)")
 
 
-def test_the_bots_current_nick_addresses_nobody(tmp_path) -> None:
+def test_the_bots_current_nick_addresses_nobody() -> None:
     """The nick comes from IRC as it is now (e.g. an alternate nick after a collision)."""
     nick = ["mup"]
-    routes = ReplyRoutes(str(tmp_path), 12 * 3600, Clock())
+    routes = ReplyRoutes(MemoryStateStore(), 12 * 3600, Clock())
     router = Router(channels=["#ops"], default_channel="#ops", unknown_senders="mask",
                     region="GB", directory=FakeDirectory([NIEMEYER]), routes=routes,
                     is_present=lambda n: n.lower() in ("mup", "mup_"), own_nick=lambda: nick[0])
