@@ -69,8 +69,10 @@ T = TypeVar("T")
 
 # --- connection strings: defaults, and error messages that never show the password ----------
 
-_DEFAULTS = {"target_session_attrs": "read-write", "connect_timeout": "5", "keepalives": "1", "keepalives_idle": "10",
-             "keepalives_interval": "3", "keepalives_count": "3"}
+_DEFAULTS = {"target_session_attrs": "read-write", "connect_timeout": "5", "keepalives": "1",
+             "keepalives_idle": "10", "keepalives_interval": "3", "keepalives_count": "3"}
+"""Added to the connection string unless it sets them: only a writable primary will do, and a
+dead peer is noticed in seconds, not at TCP's default of hours."""
 
 
 def _parse(conninfo: str, where: str) -> dict[str, Any]:
@@ -102,7 +104,8 @@ def redact(message: str, conninfo: str) -> str:
 
         def hide(m: re.Match[str]) -> str:
             inner = m.group(1)
-            return m.group(0) if inner in keywords or inner not in conninfo else '"***"'
+            hidden = len(inner) > 1 and inner not in keywords and inner in conninfo
+            return '"***"' if hidden else m.group(0)
 
         text = re.sub(r'"([^"]*)"', hide, text)
     if password:
@@ -145,21 +148,27 @@ class _Worker:
         self.pool = ThreadPool(1, 1, name=f"mup-store-{name}")
         self.pool.start()
 
-    def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.pool, self._call, fn)
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], retry: bool = False
+            ) -> Deferred[T]:
+        """``retry``: when a connection made earlier turns out broken, connect again and call
+        ``fn`` once more (for idempotent reads: the first read after a failover succeeds)."""
+        return deferToThreadPool(self.reactor, self.pool, self._call, fn, retry)
 
-    def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def _call(self, fn: Callable[[psycopg.Connection[Any]], T], retry: bool) -> T:
         conn = self.conn
+        fresh = conn is None or conn.closed
         try:
             if conn is None or conn.closed:
                 conn = self.conn = psycopg.Connection.connect(self.conninfo)
             with conn.transaction():
                 return fn(conn)
         except psycopg.Error as e:
-            if _broken(conn, e):
-                self.drop()
-                raise _Lost(redact(str(e), self.conninfo)) from None
-            raise
+            if not _broken(conn, e):
+                raise
+            self.drop()
+            if retry and not fresh:
+                return self._call(fn, False)
+            raise _Lost(redact(str(e), self.conninfo)) from None
 
     def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -403,7 +412,7 @@ class PostgresMessageStore:
                     f"PostgreSQL: {redact(failure.getErrorMessage(), self._conninfo)}"))
             return failure
 
-        return self._reader.run(fn).addErrback(failed)
+        return self._reader.run(fn, retry=True).addErrback(failed)
 
     def pending(self, after: int = 0, limit: int | None = None) -> Deferred[list[Entry]]:
         def query(conn: psycopg.Connection[Any]) -> list[Entry]:
