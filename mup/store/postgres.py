@@ -620,11 +620,12 @@ class _Listener:
 
     def _run(self) -> None:
         backoff = 0.0
+        up = True  # until a connection fails: report each fall from up to down once
         while not self.stopping.is_set():
             try:
                 with psycopg.Connection.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    backoff = 0.0
+                    backoff, up = 0.0, True
                     self.connected.set()
                     self.reactor.callFromThread(self.notified)
                     while not self.stopping.is_set():
@@ -633,10 +634,10 @@ class _Listener:
                             if self.stopping.is_set():
                                 break
             except psycopg.Error:
-                if self.connected.is_set():
-                    self.connected.clear()
-                    if not self.stopping.is_set():
-                        self.reactor.callFromThread(self.lost)
+                self.connected.clear()
+                if up and not self.stopping.is_set():
+                    self.reactor.callFromThread(self.lost)
+                up = False
             if self.stopping.is_set():
                 return
             backoff = min(max(backoff * 2, 0.05), 2.0)
