@@ -4,13 +4,15 @@ test), a primary with a synchronous standby per test that needs failover, and ha
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import pytest
 
+from mup.testing.haproxy import Haproxy
 from mup.testing.postgres import Postgres
 
-__all__ = ["pg_failover", "pg_server", "pg_url"]
+__all__ = ["make_haproxy", "pg_failover", "pg_server", "pg_url"]
 
 _databases = itertools.count(1)
 
@@ -46,3 +48,19 @@ def pg_failover() -> Iterator[tuple[Postgres, Postgres]]:
         if standby is not None:
             standby.stop()
         primary.cleanup()
+
+
+@pytest.fixture
+def make_haproxy(tmp_path: Path) -> Iterator[Callable[[Sequence[int]], Haproxy]]:
+    """``make_haproxy([port1, port2])``: a running haproxy balancing over those backends with
+    health checks on /healthz; every one made is stopped after the test."""
+    made: list[Haproxy] = []
+
+    def make(backends: Sequence[int]) -> Haproxy:
+        proxy = Haproxy(tmp_path / f"haproxy-{len(made) + 1}", backends)
+        made.append(proxy)
+        return proxy.start()
+
+    yield make
+    for proxy in made:
+        proxy.stop()
