@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -241,6 +241,9 @@ class PostgresMessageStore:
         self._listener.start()
         self._cleanup = reactor.callLater(min(cleanup_interval, 5.0), self._clean,
                                           cleanup_interval)
+        self._shutdown = reactor.addSystemEventTrigger("before", "shutdown", self.close)
+        """Closed when the reactor stops, if the owner did not close it first: the worker
+        threads would otherwise keep the process alive."""
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -265,9 +268,10 @@ class PostgresMessageStore:
         try:
             epoch = _prepare_schema(conn, where)
         except psycopg.Error as e:
+            server = _describe(conn)
             conn.close()
             raise StoreOpenError(f"{where}: cannot set up the store in "
-                                 f"{_describe(conn)}: {redact(str(e), conninfo)}") from None
+                                 f"{server}: {redact(str(e), conninfo)}") from None
         except BaseException:
             conn.close()
             raise
@@ -505,8 +509,9 @@ class PostgresMessageStore:
 
     def close(self) -> Deferred[None]:
         if self._closed:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         self._closed = True
+        self._reactor.removeSystemEventTrigger(self._shutdown)
         self._subscribers.clear()
         if self._cleanup.active():
             self._cleanup.cancel()
@@ -526,10 +531,6 @@ class PostgresMessageStore:
             await self._listener.stop()
 
         return Deferred.fromCoroutine(shut())
-
-
-async def _nothing() -> None:
-    return None
 
 
 # --- SQL run on the worker threads ----------------------------------------------------------
@@ -561,32 +562,43 @@ def _prepare_schema(conn: psycopg.Connection[Any], where: str) -> str:
     return epoch
 
 
+_APPEND = """
+WITH batch AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(records)s::json[], %(appended)s::float8[])
+        WITH ORDINALITY AS b(key, record, appended, ord)),
+fresh AS (
+    INSERT INTO mup_keys (key) SELECT DISTINCT key FROM batch
+    ON CONFLICT DO NOTHING RETURNING key),
+firsts AS (
+    SELECT DISTINCT ON (b.key) b.key, b.record, b.appended, b.ord
+    FROM batch b JOIN fresh f ON f.key = b.key ORDER BY b.key, b.ord),
+numbered AS (
+    SELECT m.last_seq + row_number() OVER (ORDER BY f.ord) AS seq, f.*
+    FROM firsts f, mup_meta m),
+stored AS (
+    INSERT INTO mup_inbound (seq, key, record, appended)
+    SELECT seq, key, record, appended FROM numbered),
+counted AS (
+    UPDATE mup_meta SET last_seq = last_seq + (SELECT count(*) FROM numbered))
+SELECT ord, seq FROM numbered
+"""
+"""One statement for a batch: insert the keys not seen before, number the first message of
+each new key in batch order after ``last_seq``, store them and move ``last_seq`` on."""
+
+
 def _append_batch(conn: psycopg.Connection[Any], batch: list[_Append]) -> list[int | None]:
-    """One transaction for a batch: lock the counter, insert the new keys, give them the next
-    sequence numbers, insert the messages, NOTIFY; the caller's transaction COMMITs."""
-    (last,) = conn.execute("SELECT last_seq FROM mup_meta FOR UPDATE").fetchone()  # type: ignore[misc]
-    keys = sorted({item.key for item in batch})
-    fresh = {row[0] for row in conn.execute(
-        "INSERT INTO mup_keys (key) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING "
-        "RETURNING key", (keys,))}
-    seqs: list[int | None] = []
-    rows: tuple[list[int], list[str], list[str], list[float]] = ([], [], [], [])
-    for item in batch:
-        if item.key in fresh:
-            fresh.discard(item.key)
-            last += 1
-            seqs.append(last)
-            for column, value in zip(rows, (last, item.key, item.text, item.appended),
-                                     strict=True):
-                column.append(value)  # type: ignore[arg-type]
-        else:
-            seqs.append(None)
-    if rows[0]:
-        conn.execute(
-            "INSERT INTO mup_inbound (seq, key, record, appended) SELECT * FROM "
-            "unnest(%s::bigint[], %s::text[], %s::json[], %s::float8[])", rows)
-        conn.execute("UPDATE mup_meta SET last_seq = %s", (last,))
+    """One transaction for a batch, in one round trip (pipeline) before COMMIT: lock the
+    counter row, then :data:`_APPEND`, then NOTIFY; the caller's transaction COMMITs."""
+    params = {"keys": [item.key for item in batch],
+              "records": [item.text for item in batch],
+              "appended": [item.appended for item in batch]}
+    with conn.pipeline():
+        conn.execute("SELECT last_seq FROM mup_meta FOR UPDATE")
+        cur = conn.execute(_APPEND, params)
         conn.execute(f"NOTIFY {CHANNEL}")
+    seqs: list[int | None] = [None] * len(batch)
+    for ord_, seq in cur.fetchall():
+        seqs[ord_ - 1] = seq
     return seqs
 
 
