@@ -127,9 +127,10 @@ def test_a_commit_on_one_relay_wakes_subscribers_of_another(
     a = open_store(opened, pg_url, irc_reactor.reactor)
     b = open_store(opened, pg_url, irc_reactor.reactor)
     woken = threading.Event()
-    wait_for(b._listener.connected.is_set, 10, "b to LISTEN")
+    wait_for(b.listening, 10, "b to LISTEN")
     irc_reactor.call(b.subscribe, woken.set)
-    woken.clear()  # a wake-up from b's own (re)connect
+    irc_reactor.call(lambda: None)  # the wake-up from b's own connect has run
+    woken.clear()
     irc_reactor.call(a.append, "n1", {})
     wait_for(woken.is_set, 5, "b's subscriber to be called")
 

@@ -487,6 +487,10 @@ class PostgresMessageStore:
 
         return unsubscribe
 
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up: commits by other relays wake subscribers."""
+        return self._listener.connected.is_set()
+
     def _notified(self) -> None:
         self._wake()
 
@@ -638,8 +642,8 @@ class _Listener:
                 with psycopg.Connection.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     backoff, up = 0.0, True
+                    self.reactor.callFromThread(self.notified)  # what came while it was down
                     self.connected.set()
-                    self.reactor.callFromThread(self.notified)
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=0.5):
                             self.reactor.callFromThread(self.notified)
