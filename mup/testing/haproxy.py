@@ -75,6 +75,7 @@ class Haproxy:
         self.process = ServerProcess([binary, "-f", str(self.conf), "-db"],
                                      self.dir / "haproxy.log")
         self.process.wait_for_port(self.port, timeout)
+        wait_for(self.socket.exists, timeout, "haproxy's stats socket", self.alive)
         return self
 
     def command(self, line: str) -> str:
