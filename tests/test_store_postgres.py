@@ -149,6 +149,47 @@ def test_done_keys_are_deleted_after_the_dedupe_window(
     assert again is not None and again.seq > entry.seq
 
 
+def test_the_background_cleanup_deletes_expired_keys(
+        pg_url: str, pg_server: Postgres, irc_reactor: Any, opened: list) -> None:
+    store = open_store(opened, pg_url, irc_reactor.reactor, dedupe_window=0.0,
+                       cleanup_interval=0.05)
+    entry = irc_reactor.call(store.append, "k", {})
+    irc_reactor.call(store.mark_done, [entry.seq])
+    dbname = pg_url.rsplit("/", 1)[1]
+    wait_for(lambda: pg_server.execute("SELECT count(*) FROM mup_keys", dbname=dbname)
+             == [(0,)], 10, "the cleanup to delete the expired key")
+
+
+def test_relays_starting_together_on_an_empty_database_share_one_schema_and_epoch(
+        pg_url: str, irc_reactor: Any, opened: list) -> None:
+    results: list[Any] = []
+
+    def start() -> None:
+        try:
+            results.append(PostgresMessageStore.open(pg_url, irc_reactor.reactor))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            results.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    opened.extend(r for r in results if isinstance(r, PostgresMessageStore))
+    assert len(opened) == 4, results
+    assert len({store.epoch for store in opened}) == 1
+
+
+def test_connect_is_open_off_the_reactor_thread(pg_url: str, irc_reactor: Any,
+                                                opened: list) -> None:
+    store = irc_reactor.call(PostgresMessageStore.connect, pg_url, irc_reactor.reactor)
+    opened.append(store)
+    assert irc_reactor.call(store.append, "k", {}) is not None
+    with pytest.raises(StoreOpenError, match=r"^\[relay\] store: cannot connect"):
+        irc_reactor.call(PostgresMessageStore.connect, "postgresql://127.0.0.1:1/x",
+                         irc_reactor.reactor)
+
+
 def test_a_key_that_cannot_be_stored_fails_alone(
         pg_url: str, irc_reactor: Any, opened: list) -> None:
     store = open_store(opened, pg_url, irc_reactor.reactor)
