@@ -238,6 +238,22 @@ def test_a_database_that_goes_away_fails_appends_until_it_is_back(irc_reactor: A
         assert [e.key for e in call(store.pending)] == ["before", "after"]
 
 
+def test_an_append_on_a_connection_cut_while_idle_is_retried_on_a_new_one(
+        pg_url: str, pg_server: Postgres, irc_reactor: Any, opened: list) -> None:
+    """The writer's idle connection was terminated (a restart, a firewall): nothing of the next
+    batch can have committed before the failure, so it is sent again on a new connection."""
+    call = irc_reactor.call
+    store = open_store(opened, pg_url, irc_reactor.reactor)
+    first = call(store.append, "one", {})
+    dbname = pg_url.rsplit("/", 1)[1]
+    assert pg_server.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+        "AND application_name = 'mup-store-writer'", (dbname,), dbname=dbname) == [(True,)]
+    second = call(store.append, "two", {})
+    assert second.seq > first.seq
+    assert store.writable()
+
+
 def test_failover_to_the_synchronous_standby_loses_no_acknowledged_append(
         pg_failover: tuple[Postgres, Postgres], irc_reactor: Any, opened: list) -> None:
     """kill -9 the primary while appends stream, promote the standby: every append that fired

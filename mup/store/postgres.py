@@ -91,6 +91,14 @@ def _with_defaults(conninfo: str, params: dict[str, Any]) -> str:
     return pg_conninfo.make_conninfo(conninfo, **extra)
 
 
+def _named(conninfo: str, role: str) -> str:
+    """``conninfo`` with ``application_name=mup-store-ROLE`` unless it names one itself, so
+    ``pg_stat_activity`` shows which connection is which."""
+    if "application_name" in pg_conninfo.conninfo_to_dict(conninfo):
+        return conninfo
+    return pg_conninfo.make_conninfo(conninfo, application_name=f"mup-store-{role}")
+
+
 def redact(message: str, conninfo: str) -> str:
     """``message`` on one line, with the connection string's password (and any quoted fragment
     of an unparseable connection string, which might be one) replaced by ``***``."""
@@ -141,33 +149,38 @@ class _Worker:
     :class:`_Lost`; the next call connects again (libpq picks the primary)."""
 
     def __init__(self, conninfo: str, name: str, reactor: Any) -> None:
-        self.conninfo = conninfo
+        self.conninfo = _named(conninfo, name)
         self.name = name
         self.reactor = reactor
         self.conn: psycopg.Connection[Any] | None = None
         self.pool = ThreadPool(1, 1, name=f"mup-store-{name}")
         self.pool.start()
 
-    def run(self, fn: Callable[[psycopg.Connection[Any]], T], retry: bool = False
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], idempotent: bool = False
             ) -> Deferred[T]:
-        """``retry``: when a connection made earlier turns out broken, connect again and call
-        ``fn`` once more (for idempotent reads: the first read after a failover succeeds)."""
-        return deferToThreadPool(self.reactor, self.pool, self._call, fn, retry)
+        """When a connection made earlier turns out broken (the server restarted, an idle
+        connection was cut), connect again and call ``fn`` once more: always if ``idempotent``,
+        else only if COMMIT was not sent yet (so nothing can have been committed)."""
+        return deferToThreadPool(self.reactor, self.pool, self._call, fn, idempotent, True)
 
-    def _call(self, fn: Callable[[psycopg.Connection[Any]], T], retry: bool) -> T:
+    def _call(self, fn: Callable[[psycopg.Connection[Any]], T], idempotent: bool,
+              retry: bool) -> T:
         conn = self.conn
         fresh = conn is None or conn.closed
+        committing = False
         try:
             if conn is None or conn.closed:
                 conn = self.conn = psycopg.Connection.connect(self.conninfo)
             with conn.transaction():
-                return fn(conn)
+                result = fn(conn)
+                committing = True
+            return result
         except psycopg.Error as e:
             if not _broken(conn, e):
                 raise
             self.drop()
-            if retry and not fresh:
-                return self._call(fn, False)
+            if retry and not fresh and (idempotent or not committing):
+                return self._call(fn, idempotent, False)
             raise _Lost(redact(str(e), self.conninfo)) from None
 
     def drop(self) -> None:
@@ -261,7 +274,7 @@ class PostgresMessageStore:
         params = _parse(conninfo, where)
         full = _with_defaults(conninfo, params)
         try:
-            conn = psycopg.Connection.connect(full)
+            conn = psycopg.Connection.connect(_named(full, "writer"))
         except psycopg.Error as e:
             raise StoreOpenError(f"{where}: cannot connect to PostgreSQL: "
                                  f"{redact(str(e), conninfo)}") from None
@@ -416,7 +429,7 @@ class PostgresMessageStore:
                     f"PostgreSQL: {redact(failure.getErrorMessage(), self._conninfo)}"))
             return failure
 
-        return self._reader.run(fn, retry=True).addErrback(failed)
+        return self._reader.run(fn, idempotent=True).addErrback(failed)
 
     def pending(self, after: int = 0, limit: int | None = None) -> Deferred[list[Entry]]:
         def query(conn: psycopg.Connection[Any]) -> list[Entry]:
@@ -623,7 +636,7 @@ class _Listener:
 
     def __init__(self, conninfo: str, reactor: Any, notified: Callable[[], None],
                  lost: Callable[[], None]) -> None:
-        self.conninfo = conninfo
+        self.conninfo = _named(conninfo, "listen")
         self.reactor = reactor
         self.notified = notified
         self.lost = lost
