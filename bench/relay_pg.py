@@ -5,7 +5,8 @@ as the last one committed, for ``--seconds``:
 
 * the local store: ``mup.store.sqlite`` when it is there, else the old ``mup.journal``;
 * PostgresMessageStore, one relay;
-* PostgresMessageStore, two relays on one database (16 appenders each);
+* PostgresMessageStore, two relays on one database (16 appenders each; both stores live in
+  this one process and share its reactor, so two relay processes would do no worse);
 
 and the time from a commit on one relay to the subscriber call on another (LISTEN/NOTIFY).
 PostgreSQL runs here with fsync on (a real server, started for the run, stopped after).
