@@ -137,10 +137,14 @@ class _Lost(Exception):
 
 
 def _broken(conn: psycopg.Connection[Any] | None, error: psycopg.Error) -> bool:
-    return (conn is None or conn.closed or conn.broken
-            or isinstance(error, (psycopg.OperationalError,
-                                  psycopg.errors.ReadOnlySqlTransaction,
-                                  psycopg.errors.AdminShutdown)))
+    """The connection is unusable or not on a writable primary (not merely a statement that
+    failed: a deadlock or a cancelled query leaves the connection fine)."""
+    if conn is None or conn.closed or conn.broken:
+        return True
+    state = error.sqlstate or ""
+    if state.startswith("40") or state == "57014":  # rollback (deadlock...), query cancelled
+        return False
+    return isinstance(error, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction))
 
 
 class _Worker:
