@@ -85,8 +85,8 @@ def local_store(reactor: Any, directory: Path) -> tuple[str, Any]:
     if importlib.util.find_spec("mup.store.sqlite") is not None:
         from mup.store import sqlite
 
-        store_class: Any = sqlite.SqliteMessageStore
-        return "SQLite", store_class.open(directory / "sqlite", reactor=reactor)
+        store_class: Any = sqlite.SQLiteMessageStore
+        return "SQLite", store_class.open(str(directory / "sqlite"), reactor=reactor)
     from mup.journal import Journal
 
     return "journal (old)", Journal.open(str(directory / "journal"), reactor=reactor)

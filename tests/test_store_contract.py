@@ -26,12 +26,13 @@ def _postgres(request: pytest.FixtureRequest, reactor: Any) -> Opener:
 
 
 def _sqlite(request: pytest.FixtureRequest, reactor: Any) -> Opener:
-    """The SQLite backend, once merged: adjust this opener to its ``open`` if it differs."""
+    """The SQLite backend (one process per directory: the test closes a store before it opens
+    the next one on the same directory)."""
     from mup.store import sqlite
 
     tmp = request.getfixturevalue("tmp_path")
-    store_class: Any = sqlite.SqliteMessageStore
-    return lambda: store_class.open(tmp / "journal", reactor=reactor)
+    store_class: Any = sqlite.SQLiteMessageStore
+    return lambda: store_class.open(str(tmp / "journal"), reactor=reactor)
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Any], Opener]] = {"postgres": _postgres}
@@ -100,6 +101,15 @@ def test_duplicates_in_one_batch_are_stored_once(stores: Stores) -> None:
         [store.append(f"k{i % 5}", {"i": i}) for i in range(50)]))
     assert sum(r is not None for r in results) == 5
     assert [e.record["i"] for e in stores.call(store.pending)] == [0, 1, 2, 3, 4]
+
+
+def test_lookup_finds_pending_keys_only(stores: Stores) -> None:
+    store = stores.open()
+    a = stores.call(store.append, "a", {})
+    b = stores.call(store.append, "b", {})
+    stores.call(store.mark_done, [b.seq])
+    assert stores.call(store.lookup, ["a", "b", "never", "a"]) == {"a": a.seq}
+    assert stores.call(store.lookup, []) == {}
 
 
 def test_mark_done_and_backlog(stores: Stores) -> None:

@@ -55,7 +55,7 @@ _SCHEMA_V1 = [
     "CREATE INDEX mup_keys_done_at ON mup_keys (done_at) WHERE done_at IS NOT NULL",
     """CREATE TABLE mup_inbound (
         seq bigint PRIMARY KEY,
-        key text NOT NULL,
+        key text NOT NULL UNIQUE,
         record json NOT NULL,
         appended double precision NOT NULL)""",
 ]
@@ -441,6 +441,18 @@ class PostgresMessageStore:
                 "SELECT seq, key, record, appended FROM mup_inbound WHERE seq > %s "
                 "ORDER BY seq LIMIT %s", (after, limit)).fetchall()
             return [Entry(seq, key, record, appended) for seq, key, record, appended in rows]
+
+        return self._read(query)
+
+    def lookup(self, keys: Iterable[str]) -> Deferred[dict[str, int]]:
+        wanted = list(dict.fromkeys(keys))
+
+        def query(conn: psycopg.Connection[Any]) -> dict[str, int]:
+            if not wanted:
+                return {}
+            rows = conn.execute("SELECT key, seq FROM mup_inbound WHERE key = ANY(%s)",
+                                (wanted,)).fetchall()
+            return dict(rows)
 
         return self._read(query)
 
