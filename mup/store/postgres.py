@@ -158,7 +158,8 @@ class _Worker:
         self.reactor = reactor
         self.conn: psycopg.Connection[Any] | None = None
         self.pool = ThreadPool(1, 1, name=f"mup-store-{name}")
-        self.pool.start()
+        # Not before the reactor runs (after twistd's fork); calls queue until then.
+        reactor.callWhenRunning(self.pool.start)
 
     def run(self, fn: Callable[[psycopg.Connection[Any]], T], idempotent: bool = False
             ) -> Deferred[T]:
@@ -234,8 +235,7 @@ class PostgresMessageStore:
     """
 
     def __init__(self, conninfo: str, epoch: str, reactor: Any, *, where: str,
-                 dedupe_window: float, cleanup_interval: float, batch_limit: int,
-                 first: psycopg.Connection[Any] | None = None) -> None:
+                 dedupe_window: float, cleanup_interval: float, batch_limit: int) -> None:
         self.epoch = epoch
         self.where = where
         self.dedupe_window = dedupe_window
@@ -243,7 +243,6 @@ class PostgresMessageStore:
         self._conninfo = conninfo
         self._reactor = reactor
         self._writer = _Worker(conninfo, "writer", reactor)
-        self._writer.conn = first
         self._reader = _Worker(conninfo, "reader", reactor)
         self._queue: list[_Append] = []
         self._writing = False
@@ -255,7 +254,7 @@ class PostgresMessageStore:
         self._subscribers: list[Callable[[], None]] = []
         self._wake_scheduled = False
         self._listener = _Listener(conninfo, reactor, self._notified, self._listener_lost)
-        self._listener.start()
+        reactor.callWhenRunning(self._listener.start)
         self._cleanup = reactor.callLater(min(cleanup_interval, 5.0), self._clean,
                                           cleanup_interval)
         self._shutdown = reactor.addSystemEventTrigger("before", "shutdown", self.close)
@@ -282,20 +281,17 @@ class PostgresMessageStore:
         except psycopg.Error as e:
             raise StoreOpenError(f"{where}: cannot connect to PostgreSQL: "
                                  f"{redact(str(e), conninfo)}") from None
+        server = _describe(conn)
         try:
             epoch = _prepare_schema(conn, where)
         except psycopg.Error as e:
-            server = _describe(conn)
-            conn.close()
             raise StoreOpenError(f"{where}: cannot set up the store in "
                                  f"{server}: {redact(str(e), conninfo)}") from None
-        except BaseException:
-            conn.close()
-            raise
-        _log.info("store: PostgreSQL {server}, epoch {epoch}", server=_describe(conn),
-                  epoch=epoch)
+        finally:
+            conn.close()  # the worker threads connect on their own, after twistd's fork
+        _log.info("store: PostgreSQL {server}, epoch {epoch}", server=server, epoch=epoch)
         return cls(full, epoch, reactor, where=where, dedupe_window=dedupe_window,
-                   cleanup_interval=cleanup_interval, batch_limit=batch_limit, first=conn)
+                   cleanup_interval=cleanup_interval, batch_limit=batch_limit)
 
     @classmethod
     def connect(cls, conninfo: str, reactor: Any = None, **kwargs: Any
