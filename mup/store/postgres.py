@@ -159,7 +159,12 @@ class _Worker:
         self.conn: psycopg.Connection[Any] | None = None
         self.pool = ThreadPool(1, 1, name=f"mup-store-{name}")
         # Not before the reactor runs (after twistd's fork); calls queue until then.
-        reactor.callWhenRunning(self.pool.start)
+        self.stopped = False
+        reactor.callWhenRunning(self._start)
+
+    def _start(self) -> None:
+        if not self.stopped:
+            self.pool.start()
 
     def run(self, fn: Callable[[psycopg.Connection[Any]], T], idempotent: bool = False
             ) -> Deferred[T]:
@@ -198,6 +203,9 @@ class _Worker:
 
     def stop(self) -> Deferred[None]:
         """Close the connection on its own thread, then stop the thread."""
+        self.stopped = True
+        if not self.pool.started:  # the reactor never ran: no thread, no connection
+            return succeed(None)
         d = deferToThreadPool(self.reactor, self.pool, self.drop)
         d.addBoth(lambda _: self.pool.stop())
         return d
@@ -657,7 +665,8 @@ class _Listener:
         self.connected = threading.Event()
 
     def start(self) -> None:
-        self.thread.start()
+        if not self.stopping.is_set():
+            self.thread.start()
 
     def _run(self) -> None:
         backoff = 0.0
@@ -688,4 +697,6 @@ class _Listener:
         from twisted.internet.threads import deferToThread
 
         self.stopping.set()
+        if self.thread.ident is None:  # never started (the reactor never ran)
+            return succeed(None)
         return deferToThread(self.thread.join, 5.0)
