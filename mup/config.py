@@ -294,11 +294,16 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
         ],
     ),
     "relay": (
-        "mup-relay only: how the bot authenticates to the relay.",
+        "mup-relay only: how the bot authenticates to the relay, and where it keeps messages.",
         [
             Key("token", str, "", "Bearer token the bot must present.", secret=True),
             Key("poll_timeout", float, 30.0, "Longest a pull waits for messages before it answers "
                 "empty, in seconds.", check=_positive),
+            Key("store", str, "", "Where the relay keeps messages: empty keeps them in the local "
+                "journal (`[webhook] journal`); a libpq connection string, e.g. "
+                "`postgresql://mup@db1,db2/mup?target_session_attrs=read-write` or "
+                "`host=db1 dbname=mup`, keeps them in PostgreSQL, shared by any number of "
+                "relays.", secret=True),
         ],
     ),
     "state": (

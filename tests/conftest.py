@@ -5,4 +5,5 @@ Each area keeps its fixtures in its own module, imported here."""
 from fixtures_inbound import *  # noqa: F401,F403
 from fixtures_irc import *  # noqa: F401,F403
 from fixtures_ldap import *  # noqa: F401,F403
+from fixtures_postgres import *  # noqa: F401,F403
 from fixtures_sms import *  # noqa: F401,F403

@@ -75,6 +75,17 @@ def test_secret_from_file_relative_to_config(tmp_path):
     assert cfg.irc.sasl_password == "s3cret"
 
 
+def test_relay_store_is_a_secret_from_env_or_file(tmp_path):
+    url = "postgresql://mup:pw@db1,db2/mup?target_session_attrs=read-write"
+    (tmp_path / "store").write_text(url + "\n")
+    assert load(write(tmp_path, "[relay]\n"), environ={}).relay.store == ""
+    cfg = load(write(tmp_path, '[relay]\nstore_file = "store"\n'), environ={})
+    assert cfg.relay.store == url
+    assert "pw@" not in repr(cfg.relay)
+    cfg = load(write(tmp_path, "[relay]\n"), environ={"MUP_RELAY_STORE": "host=db1"})
+    assert cfg.relay.store == "host=db1"
+
+
 def test_secret_file_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"\[irc\] sasl_password_file: cannot read 'gone'"):
         load(write(tmp_path, '[irc]\nsasl_password_file = "gone"\n'), environ={})

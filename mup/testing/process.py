@@ -87,13 +87,16 @@ class ServerProcess:
     """One child process with its output in ``log``; ``stop()`` signals it by PID."""
 
     def __init__(self, argv: Sequence[str], log: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, stdin: int | None = subprocess.DEVNULL
-                 ) -> None:
+                 env: dict[str, str] | None = None, stdin: int | None = subprocess.DEVNULL,
+                 user: str | None = None) -> None:
         self.argv = list(argv)
         self.log = Path(log)
         self._logfile = open(self.log, "ab")
+        # ``user``: run as that user (a root test starting a server that refuses root).
+        as_user: dict = {"user": user, "group": user, "extra_groups": []} if user else {}
         self.proc = subprocess.Popen(self.argv, stdout=self._logfile, stderr=subprocess.STDOUT,
-                                     stdin=stdin, cwd=cwd, env=env, start_new_session=True)
+                                     stdin=stdin, cwd=cwd, env=env, start_new_session=True,
+                                     **as_user)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:
