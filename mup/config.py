@@ -320,6 +320,18 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 choices=("debug", "info", "warn", "error")),
         ],
     ),
+    "admin": (
+        "Who runs the bot from IRC (join, part, ignore, status, reload, quota). Nobody by "
+        "default.",
+        [
+            Key("accounts", list, [], "Services accounts of the bot's operators (seen the same way "
+                "as SMS senders: account-tag, account-notify, extended-join, WHOIS).", items=str),
+            Key("hostmasks", list, [], "For networks without services: `nick!user@host` globs of "
+                "operators, e.g. `[\"*!*@admin.example.com\"]`. Anyone who can take that host "
+                "(or, with `*!*@*`-style masks, the nick) becomes an operator: prefer accounts.",
+                items=str),
+        ],
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -28,7 +29,7 @@ from zope.interface import implementer
 
 from mup.config import Config, ConfigError
 from mup.ircevents import ChatLink, ChatMessage, MessageListener
-from mup.ircmsg import sanitize
+from mup.ircmsg import irc_lower, sanitize
 from mup.ircprotocol import IRCProtocol, IRCSettings
 from mup.ircqueue import NotDelivered, Refused
 
@@ -190,6 +191,52 @@ class IRCService(MultiService):
         if self.protocol is None or not self.protocol.registered:
             return succeed(None)
         return self.protocol.account_of(nick)
+
+    # -- channels (the admin commands' ChannelControl) -----------------------------------------
+
+    @property
+    def channels(self) -> dict[str, str | None]:
+        """The channels the bot stays in (rejoined after a kick or a reconnect), with keys."""
+        keys = {irc_lower(c): k for c, k in self.factory.settings.channel_keys}
+        return {c: keys.get(irc_lower(c)) for c in self.factory.settings.channels}
+
+    def set_channels(self, wanted: dict[str, str | None], reason: str | None = None) -> None:
+        """Stay in exactly ``wanted`` from now on: join what is new, part what is gone (saying
+        ``reason``)."""
+        before = {irc_lower(c): c for c in self.factory.settings.channels}
+        after = {irc_lower(c) for c in wanted}
+        self.factory.settings = replace(
+            self.factory.settings, channels=tuple(wanted),
+            channel_keys=tuple((c, k) for c, k in wanted.items() if k))
+        protocol = self.protocol
+        if protocol is None:
+            return
+        protocol.settings = self.factory.settings
+        if not protocol.registered:
+            return
+        for channel in wanted:
+            if irc_lower(channel) not in before:
+                protocol.join(channel)
+        for folded, channel in before.items():
+            if folded not in after:
+                protocol.send("PART", channel, *([reason] if reason else []))
+
+    def join(self, channel: str, key: str | None = None) -> None:
+        """Join ``channel`` now (with ``key``) and stay, until :meth:`part`."""
+        wanted = {c: k for c, k in self.channels.items() if irc_lower(c) != irc_lower(channel)}
+        wanted[channel] = key
+        self.set_channels(wanted)
+
+    def part(self, channel: str, reason: str | None = None) -> None:
+        """Leave ``channel`` now (saying ``reason``) and stay out."""
+        folded = irc_lower(channel)
+        if not any(irc_lower(c) == folded for c in self.channels):
+            # Not one we stay in (joined by hand, say): part it all the same.
+            if self.protocol is not None and self.protocol.registered:
+                self.protocol.send("PART", channel, *([reason] if reason else []))
+            return
+        self.set_channels({c: k for c, k in self.channels.items() if irc_lower(c) != folded},
+                          reason)
 
     def stopService(self) -> Deferred[None] | None:
         if self.protocol is not None:

@@ -56,6 +56,8 @@ class IRCSettings:
     realname: str = "mup"
     password: str = ""
     channels: tuple[str, ...] = ()
+    channel_keys: tuple[tuple[str, str], ...] = ()
+    """Keys of the channels that need one: ``(channel, key)`` pairs."""
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: str = ""
@@ -413,7 +415,7 @@ class IRCProtocol(Protocol):
             self._later("regain", REGAIN_INTERVAL, self._regain)
         self._pending_joins = {irc_lower(c) for c in s.channels}
         for channel in s.channels:
-            self.send("JOIN", channel)
+            self.join(channel)
         if self._pending_joins:
             self._later("ready", JOIN_WAIT, self._mark_ready)
         else:
@@ -498,7 +500,7 @@ class IRCProtocol(Protocol):
                      channel=channel, by=msg.nick, why=msg.param(2),
                      delay=self.settings.rejoin_delay)
             self._later(f"join {irc_lower(channel)}", self.settings.rejoin_delay,
-                        self.send, "JOIN", channel)
+                        self.join, channel)
 
     def irc_QUIT(self, msg: Message) -> None:
         self.state.quit(msg.nick)
@@ -509,7 +511,7 @@ class IRCProtocol(Protocol):
         channel = msg.param(1)
         if self._configured(channel):
             log.info("Invited to {channel} by {nick}; joining", channel=channel, nick=msg.nick)
-            self.send("JOIN", channel)
+            self.join(channel)
         else:
             log.info("Ignored an invite to {channel} from {nick} (not configured)",
                      channel=channel, nick=msg.nick)
@@ -521,7 +523,7 @@ class IRCProtocol(Protocol):
         log.warn("Cannot join {channel}: {why}; retrying in {delay}s", channel=channel,
                  why=msg.params[-1], delay=JOIN_RETRY)
         self._join_settled(channel)
-        self._later(f"join {irc_lower(channel)}", JOIN_RETRY, self.send, "JOIN", channel)
+        self._later(f"join {irc_lower(channel)}", JOIN_RETRY, self.join, channel)
 
     irc_405 = irc_471 = irc_473 = irc_474 = irc_475 = irc_476 = irc_477 = \
         irc_489 = _join_failed
@@ -531,6 +533,15 @@ class IRCProtocol(Protocol):
             self._join_failed(msg)
         else:
             self._nick_unavailable(msg)
+
+    def join(self, channel: str) -> None:
+        """JOIN ``channel``, with its key if the settings have one."""
+        folded = irc_lower(channel)
+        key = next((k for c, k in self.settings.channel_keys if irc_lower(c) == folded), "")
+        if key:
+            self.send("JOIN", channel, key)
+        else:
+            self.send("JOIN", channel)
 
     def _configured(self, channel: str) -> bool:
         return irc_lower(channel) in {irc_lower(c) for c in self.settings.channels}

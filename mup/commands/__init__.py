@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Union
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Protocol, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -30,8 +30,8 @@ from mup.ircevents import ChatLink, ChatMessage
 from mup.ircmsg import irc_lower
 from mup.ratelimit import PerKeyLimit
 
-__all__ = ["Command", "Commands", "Dispatcher", "Reply", "Request", "UsageError",
-           "parse_command"]
+__all__ = ["NOT_OPERATOR", "Command", "Commands", "Dispatcher", "Gate", "Reply", "Request",
+           "Sender", "UsageError", "parse_command"]
 
 log = Logger()
 
@@ -83,6 +83,13 @@ class Command:
     """Ask the IRC layer to resolve the sender's services account before running."""
     hidden: bool = False
     """Left out of the ``help`` list (a test command); ``help <name>`` still explains it."""
+    admin: bool = False
+    """Only the bot's operators may run it (checked by :class:`Commands`, not the command)."""
+
+    @property
+    def wants_account(self) -> bool:
+        """Whether the sender's services account must be known before running it."""
+        return self.needs_account or self.admin
 
 
 def parse_command(text: str, nick: str, prefix: str, private: bool) -> tuple[str, str] | None:
@@ -110,11 +117,46 @@ def parse_command(text: str, nick: str, prefix: str, private: bool) -> tuple[str
     return name.lower(), args.strip()
 
 
-class Commands:
-    """The set of commands the bot answers, with ``help`` built in."""
+class Sender(Protocol):
+    """Who asked, as the gate sees them (a :class:`Request` or a chat message)."""
 
-    def __init__(self, commands: Iterable[Command] = ()) -> None:
+    @property
+    def hostmask(self) -> str: ...
+
+    @property
+    def account(self) -> str | None: ...
+
+
+class Gate(Protocol):
+    """Who may ask what: operators for admin commands, the ignore list for everyone."""
+
+    def is_operator(self, sender: Sender) -> bool: ...
+
+    def is_ignored(self, sender: Sender) -> bool: ...
+
+
+class _Open:
+    """No operators, nobody ignored: the gate of a bot without ``[admin]``."""
+
+    def is_operator(self, sender: Sender) -> bool:
+        return False
+
+    def is_ignored(self, sender: Sender) -> bool:
+        return False
+
+
+NOT_OPERATOR = "You are not an operator of this bot."
+
+
+class Commands:
+    """The set of commands the bot answers, with ``help`` built in.
+
+    ``gate`` says who is an operator and who is ignored: the framework checks both before a
+    command runs, so no command repeats the check."""
+
+    def __init__(self, commands: Iterable[Command] = (), gate: Gate | None = None) -> None:
         self._commands: dict[str, Command] = {}
+        self.gate: Gate = gate or _Open()
         self.add(Command("help", "help [command]", "Lists the commands, or shows how to use one.",
                          self._help))
         for command in commands:
@@ -137,15 +179,28 @@ class Commands:
             command = self._commands.get(name)
             if command is None:
                 return f"I don't know {name!r}. Commands: {self._names()}."
+            if command.admin:
+                return f"{command.usage} — {command.summary} (operators only)"
             return f"{command.usage} — {command.summary}"
-        return f"Commands: {self._names()}. Say '{request.how}help <command>' for more."
+        admin = ", ".join(c.name for c in self if c.admin and not c.hidden)
+        extra = f" Operator commands: {admin}." if admin else ""
+        return (f"Commands: {self._names()}.{extra} Say '{request.how}help <command>' "
+                "for more.")
 
     def _names(self) -> str:
-        return ", ".join(c.name for c in self if not c.hidden)
+        return ", ".join(c.name for c in self if not c.hidden and not c.admin)
 
     def run(self, name: str, request: Request) -> Deferred[list[str]]:
-        """Run command ``name``; always fires with the reply lines, never errbacks."""
+        """Run command ``name``; always fires with the reply lines, never errbacks.  An ignored
+        sender gets none; an admin command from anyone else gets a plain refusal."""
+        if self.gate.is_ignored(request):
+            log.info("Ignored {name!r} from {mask}", name=name, mask=request.hostmask)
+            return Deferred.fromCoroutine(_const([]))
         command = self._commands.get(name)
+        if command is not None and command.admin and not self.gate.is_operator(request):
+            log.warn("Refused admin command {name!r} from {mask} (account {account}): not an "
+                     "operator", name=name, mask=request.hostmask, account=request.account)
+            return Deferred.fromCoroutine(_const([NOT_OPERATOR]))
         if command is None:
             return Deferred.fromCoroutine(_const(
                 [f"I don't know the command {name[:50]!r}. Try '{request.how}help'."]))
@@ -174,6 +229,12 @@ async def _const(value: list[str]) -> list[str]:
     return value
 
 
+@dataclass(frozen=True)
+class _Asker:
+    hostmask: str
+    account: str | None
+
+
 class Dispatcher:
     """Hears what people say on IRC (a :class:`~mup.ircevents.MessageListener`) and answers
     the commands in it: addressing (``prefix``, ``nick:``, private), the per-user limit
@@ -198,6 +259,8 @@ class Dispatcher:
         if parsed is None:
             return
         nick = message.nick
+        if self.commands.gate.is_ignored(_Asker(message.mask, message.account)):
+            return  # no answer, and no "slow down" either
         lane = irc_lower(nick)  # one requester's answers wait behind each other, not others'
         allowed, wait = self.limit.check(lane)
         if not allowed:
@@ -214,7 +277,7 @@ class Dispatcher:
                 nick=nick, args=args, channel=message.channel, hostmask=message.mask,
                 account=account, how=how))
 
-        if command is None or not command.needs_account or message.account_known:
+        if command is None or not command.wants_account or message.account_known:
             d = run(message.account)
         else:
             d = link.account_of(nick).addCallback(run)
