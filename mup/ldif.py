@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -206,12 +206,23 @@ class LDIFDirectory:
     def reload(self) -> int:
         """Read the file again and answer from it from now on; how many entries it has.
         A bad file raises (:class:`LDIFError`, OSError) and the old entries stay."""
-        entries = self._read()
-        self._entries = entries  # one assignment: a search sees the old set or the new one
-        return len(entries)
+        return self.prepare_reload()()
 
-    def _read(self) -> tuple[_Entry, ...]:
-        records = load_ldif(self.path)
+    def prepare_reload(self, path: str | None = None) -> Callable[[], int]:
+        """Read ``path`` (default: the same file) now, raising on a bad file; the function
+        returned makes it the directory (and says how many entries it has)."""
+        path = path or self.path
+        entries = self._read(path)
+
+        def commit() -> int:
+            self.path = path
+            self._entries = entries  # one assignment: a search sees the old set or the new one
+            return len(entries)
+
+        return commit
+
+    def _read(self, path: str | None = None) -> tuple[_Entry, ...]:
+        records = load_ldif(path or self.path)
         try:
             base = dn_key(self.base_dn)
         except ValueError as e:

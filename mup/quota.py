@@ -179,6 +179,25 @@ class Quota:
                       now=min(limits) if limits else None, next_in=next_in, full_in=full_in,
                       resets_in=86400 - now % 86400)
 
+    def describe(self, sender: str, you: bool = False) -> str:
+        """``sender``'s budget in a sentence (``you``: addressed to them), for ``@sms`` with no
+        text and the operators' ``quota <nick>``."""
+        b = self.budget(sender)
+        who, has = ("You", "have") if you else (sender, "has")
+        parts = [f"{who} {has} sent {_segments(b.sent_today)} today"]
+        if b.daily_left is not None:
+            parts.append(f"{b.daily_left} of {self.sender_daily} left today")
+        if b.now is not None:
+            now = f"{b.now} can go now"
+            if b.next_in and b.now < self.sender_burst:
+                now += f" (one more every {_human_seconds(1 / self.sender_rate)}, "
+                now += f"the next in {_human_seconds(b.next_in)})"
+            parts.append(now)
+        if b.global_left is not None:
+            parts.append(f"everyone together has {b.global_left} of {self.global_daily} left")
+        return ("; ".join(parts) + f". The day's counts reset in "
+                f"{_until_midnight(self._clock.seconds())} (midnight UTC).")
+
     # Keeping it.
 
     def _bucket(self, key: str) -> TokenBucket:
@@ -272,6 +291,10 @@ class Quota:
                 row["tokens"], row["stamp"] = tokens[key]
             rows[key] = row
         return rows
+
+
+def _segments(n: int) -> str:
+    return f"{n} SMS segment" + ("" if n == 1 else "s")
 
 
 def _human_seconds(seconds: float) -> str:

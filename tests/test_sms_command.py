@@ -164,7 +164,22 @@ def test_exact_fit_is_sent(world):
 
 def test_usage(world):
     assert world.say("niemeyer").startswith("Usage: sms <nick> <message>")
-    assert world.say("").startswith("Usage:")
+
+
+def test_sms_alone_tells_the_sender_their_budget(world):
+    """Issue 13 item 12 / issue 14: the budget, and when it refills, before it runs out."""
+    assert world.say("") == (
+        "You have sent 0 SMS segments today; 50 of 50 left today; 5 can go now; everyone "
+        "together has 500 of 500 left. The day's counts reset in 16 h (midnight UTC). "
+        "Usage: sms <nick> <message>")
+    world.say("niemeyer hi")
+    world.say("niemeyer again")
+    assert world.say("").startswith(
+        "You have sent 2 SMS segments today; 48 of 50 left today; 3 can go now (one more "
+        "every 6 min, the next in 6 min); everyone together has 498 of 500 left.")
+    assert world.say("", account="mallory").startswith("You have sent 0 SMS segments today")
+    assert world.say("", account="").startswith("You need to be logged in")
+    assert world.quota.used("joe") == 2  # asking costs nothing
 
 
 def test_control_characters_removed(world):

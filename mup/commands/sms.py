@@ -63,12 +63,30 @@ def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
                               "allowed list).")
         return ("nick", request.nick)
 
+    async def budget(request: Request) -> str:
+        """``sms`` alone: the sender's budget, as the quota knows them (their directory
+        nick), and how to send."""
+        try:
+            kind, who = sender_key(request)
+        except _NotAllowed as e:
+            return str(e)
+        try:
+            [sender] = await directory.find_all([(kind, who)])
+        except Exception as e:
+            return _directory_error(e)
+        if sender is None:
+            return f"{who} is not in the directory, so you cannot send SMS from here."
+        return (quota.describe(sender.nick, you=True)
+                + f" Usage: {request.how}sms <nick> <message>")
+
     async def run(request: Request) -> str:
         target, _, message = request.args.partition(" ")
         # Control characters (IRC colours, CR/LF) become spaces, bidi overrides and other
         # invisible characters go, undecodable bytes become U+FFFD (mup.text.one_line).
         message = one_line(message)
-        if not target or not message:
+        if not target:
+            return await budget(request)
+        if not message:
             raise UsageError("")
         if not _NICK.match(target):
             raise UsageError(f"{target!r} is not a nick.")
