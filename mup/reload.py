@@ -12,12 +12,13 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from twisted.application.service import Service
 from twisted.internet import threads
 from twisted.logger import Logger
 
 from mup.config import Config, ConfigError, load
 
-__all__ = ["Applier", "Reload", "changed_keys", "install_sighup"]
+__all__ = ["Applier", "Reload", "SighupService", "changed_keys", "install_sighup"]
 
 log = Logger()
 
@@ -126,3 +127,23 @@ def _run(reload: Callable[[], Any]) -> None:
     from twisted.internet.defer import ensureDeferred
 
     ensureDeferred(reload()).addErrback(lambda f: log.failure("reload failed", f))
+
+
+class SighupService(Service):
+    """Reloads on SIGHUP while running (``systemctl reload``, ``kill -HUP``)."""
+
+    def __init__(self, reactor: Any, reload: Callable[[], Any]) -> None:
+        self._reactor = reactor
+        self._reload = reload
+        self._uninstall: Callable[[], None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP") and hasattr(self._reactor, "callFromThread"):
+            self._uninstall = install_sighup(self._reactor, self._reload)
+
+    def stopService(self) -> None:
+        if self._uninstall is not None:
+            self._uninstall()
+            self._uninstall = None
+        super().stopService()

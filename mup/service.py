@@ -25,7 +25,18 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     top = MultiService()
-    commands = Commands([echo()])
+    from mup.store.table import ClosingService
+
+    state = _state_store(config, reactor)
+    ClosingService(state).setServiceParent(top)
+    # Operators and the ignore list ([admin], kept in the state store): the commands' gate.
+    from mup.admin import Channels, Gate, IgnoreList, Operators
+
+    ignores, channels = IgnoreList(reactor, state), Channels(config.irc.channels, state)
+    ignores.load()
+    channels.load()
+    gate = Gate(Operators.from_config(config), ignores)
+    commands = Commands([echo()], gate=gate)
     # Slots: each part adds itself below (directory, gateway, sms, journal, webhook, relay).
     # Directory: LDAP server or embedded LDIF ([ldap]); None when neither is configured.
     from mup.commands.poke import poke
@@ -47,19 +58,16 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     from mup.quota import Quota
 
     sms_sent: list[Any] = []
-    from mup.store.table import ClosingService
-
-    state = _state_store(config, reactor)
-    ClosingService(state).setServiceParent(top)
     outbox = Outbox.from_config(config, reactor, state)
     gateway = gateway_from_config(config, reactor)
+    quota = None
     if gateway is not None and directory is not None:
         def on_sent(number: str, nick: str) -> None:
             for hook in sms_sent:
                 hook(number, nick)
 
-        commands.add(sms(directory, gateway, Quota.from_config(config, reactor, state), config,
-                         on_sent=on_sent, outbox=outbox))
+        quota = Quota.from_config(config, reactor, state)
+        commands.add(sms(directory, gateway, quota, config, on_sent=on_sent, outbox=outbox))
     elif gateway is not None:
         from twisted.logger import Logger
 
@@ -68,11 +76,27 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     from mup.irc import IRCService
 
     irc = IRCService(config, Dispatcher.from_config(commands, config, reactor), reactor)
+    irc.set_channels(channels.wanted())
     irc.setServiceParent(top)
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
     # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.
+    inbound: dict[str, Any] = {}
     if config.webhook.endpoint or config.inbound.relay_url:
-        _inbound(config, reactor, top, irc, directory, outbox, sms_sent, state)
+        inbound = _inbound(config, reactor, top, irc, directory, outbox, sms_sent, state)
+    # The operators' commands: channels, ignores, status, reload (also on SIGHUP), quota.
+    from mup.adminwiring import admin_parts
+
+    reloader, status = admin_parts(config, reactor, irc=irc, gate=gate, channels=channels,
+                                   directory=directory, gateway=gateway, quota=quota,
+                                   inbound=inbound)
+    from mup.commands.admin import admin_commands
+
+    for command in admin_commands(control=irc, channels=channels, ignores=ignores,
+                                  status=status, reloader=reloader, budget=quota):
+        commands.add(command)
+    from mup.reload import SighupService
+
+    SighupService(reactor, reloader.reload).setServiceParent(top)
     return top
 
 
@@ -87,7 +111,8 @@ def _state_store(config: Config, reactor: Any) -> StateStore:
 
 
 def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, directory: Any,
-             outbox: Any, sms_sent: list[Any], state: StateStore) -> None:
+             outbox: Any, sms_sent: list[Any], state: StateStore) -> dict[str, Any]:
+    """Builds the inbound path; returns its parts the status report looks at."""
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
     from mup.journal import Journal
@@ -113,6 +138,7 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
         check_settings(config)  # before the journal starts its thread
     journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
     delivered_hooks: list[Any] = []
+    parts: dict[str, Any] = {"store": journal}
 
     def on_delivered(entry: Any) -> None:
         for hook in delivered_hooks:
@@ -128,7 +154,9 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
         puller = make_puller(config, journal, delivery.wake, reactor)
         delivered_hooks.append(puller.delivered)
         puller.setServiceParent(top)
+        parts["puller"] = puller
     if config.webhook.endpoint:
         receiver = Receiver(config, journal, on_accepted=delivery.accept,
                             health=lambda: {"irc_connected": bool(irc.connected)}, clock=reactor)
         WebhookService(config.webhook.endpoint, receiver.site(), reactor).setServiceParent(top)
+    return parts
