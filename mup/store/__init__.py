@@ -83,6 +83,10 @@ class MessageStore(Protocol):
     def pending(self, after: int = 0, limit: int | None = None) -> Deferred[list[Entry]]:
         """Entries not yet done with ``seq > after``, in ``seq`` order, at most ``limit``."""
 
+    def lookup(self, keys: Iterable[str]) -> Deferred[dict[str, int]]:
+        """The ``seq`` of each of ``keys`` that is pending (keys done or never seen are left
+        out): the relay acknowledges by key."""
+
     def mark_done(self, seqs: Iterable[int]) -> Deferred[None]:
         """Record that these entries were delivered; they leave ``pending()`` for good.  Their
         dedupe keys stay for the dedupe window."""
