@@ -28,9 +28,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from twisted.internet import defer, task  # noqa: E402
-
 from mup.journal import Journal  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
 CONCURRENCY = 16
 

@@ -270,12 +270,12 @@ def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
 
 def bench_startup(backlog: int) -> None:
     """Journal recovery + delivery queueing with ``backlog`` undelivered messages."""
+    from mup.journal import Journal
     from twisted.internet.task import Clock
 
     from mup.delivery import Delivery
     from mup.gateway import InboundSMS
     from mup.gateways.inbound import journal_entry
-    from mup.journal import Journal
 
     tmp = tempfile.mkdtemp(prefix="mup-bench-journal-")
     try:
