@@ -119,10 +119,8 @@ def _unlock(real: str) -> None:
             os.close(held[0])
 
 
-def _prepare(directory: str) -> tuple[str, str]:
-    """Create ``directory`` if need be and check it can be written; the database's path and
-    epoch once it is at the current schema."""
-    path = os.path.join(directory, DATABASE)
+def _writable_directory(directory: str) -> None:
+    """Create ``directory`` if need be, and check that files can be made in it."""
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)   # SMS are private
     except OSError as e:
@@ -135,15 +133,18 @@ def _prepare(directory: str) -> tuple[str, str]:
     except OSError as e:
         raise StoreOpenError(f"{directory}: the journal directory is not writable: "
                              f"{e.strerror}") from None
+
+
+def _prepare(path: str) -> str:
+    """Create or migrate the database at ``path``; its epoch."""
     try:
         con = connect(path)
         try:
-            epoch = _migrate(con, path)
+            return _migrate(con, path)
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         raise StoreOpenError(f"{path}: {_describe(e)}") from None
-    return path, epoch
 
 
 def _describe(e: sqlite3.Error) -> str:
@@ -231,11 +232,11 @@ class SQLiteMessageStore:
         if threaded is None:
             threaded = IReactorThreads.providedBy(reactor)
         directory = os.path.abspath(directory)
-        if not os.path.isdir(directory):
-            _prepare(directory)   # names the directory if it cannot be created
+        _writable_directory(directory)
         locked = _lock(directory)
+        path = os.path.join(directory, DATABASE)
         try:
-            path, epoch = _prepare(directory)
+            epoch = _prepare(path)
             if import_legacy:
                 from mup.store.legacy import import_old_journal
 
@@ -387,6 +388,10 @@ class SQLiteMessageStore:
             for op in batch:
                 out.append(getattr(self, "_do_" + op.kind)(con, op))
             con.execute("COMMIT")
+            if any(op.kind == "housekeep" for op in batch):
+                # Free pages go back to the file system.  Its own transaction: through
+                # executescript, as the module would run this pragma one page per call.
+                con.executescript("PRAGMA incremental_vacuum;")
         except BaseException:
             try:
                 con.execute("ROLLBACK")
@@ -423,9 +428,6 @@ class SQLiteMessageStore:
 
     def _do_housekeep(self, con: sqlite3.Connection, op: _Op) -> None:
         con.execute("DELETE FROM seen WHERE appended < ?", (op.appended,))
-        free = con.execute("PRAGMA freelist_count").fetchone()[0]
-        if free > 256:
-            con.execute("PRAGMA incremental_vacuum").fetchall()
 
     def _written(self, results: list[Any], batch: list[_Op]) -> None:
         self._busy = False
