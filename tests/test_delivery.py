@@ -3,6 +3,8 @@ retries, hints."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fixtures_inbound import JOE, NIEMEYER, FakeDirectory, FakeIRC, FakeStore
 from hypothesis import example, given, settings
@@ -333,6 +335,29 @@ def test_backlog_from_before_is_delivered_at_start(tmp_path) -> None:
     assert h.irc.shown == []
     h.start()
     assert h.lines("#ops")[0::2] == ["[SMS] <niemeyer> old one", "[SMS] <joe> old two"]
+
+
+def test_a_large_backlog_is_read_a_page_at_a_time_in_order(tmp_path, monkeypatch) -> None:
+    import mup.delivery
+
+    monkeypatch.setattr(mup.delivery, "PAGE", 5)
+    h = Harness(tmp_path)
+    reads: list[tuple[int, int | None]] = []
+    pending = h.store.pending
+
+    def paged(after: int = 0, limit: int | None = None) -> Any:
+        reads.append((after, limit))
+        return pending(after, limit)
+
+    h.store.pending = paged
+    for i in range(12):
+        h.post(N if i % 2 else J, f"#ops old {i}", accept=False)
+    h.start()
+    assert reads == [(0, 5), (5, 5), (10, 5)]
+    shown = [line for line in h.lines("#ops") if line.startswith("[SMS]")]
+    assert [line.rsplit(" ", 1)[1] for line in shown if "<joe>" in line] == [
+        str(i) for i in range(0, 12, 2)]
+    assert len(shown) == 12
 
 
 def test_wake_finds_entries_appended_by_others_once(h: Harness) -> None:
