@@ -258,8 +258,10 @@ class Relay:
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Any) -> bytes:
-        if failure.check(AckFailed, StoreError):
+        if failure.check(AckFailed):
             return self._refuse(request, 503, "could not record the acknowledgement; retry")
+        if failure.check(StoreError):
+            return self._refuse(request, 503, "the relay's store is unavailable; retry")
         self.log.failure("relay: error answering {uri}", failure, uri=request.uri)
         return self._refuse(request, 500, "internal error")
 

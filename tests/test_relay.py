@@ -268,6 +268,18 @@ def test_a_failed_mark_done_is_503_and_the_message_stays(h: Harness) -> None:
     assert h.backlog() == 1
 
 
+def test_a_store_that_cannot_be_read_is_503_on_pull_and_ack(h: Harness) -> None:
+    from twisted.internet.defer import fail
+
+    h.add(1)
+    h.store.pending = lambda *a, **k: fail(StoreError("disk I/O error"))
+    h.store.lookup = lambda keys: fail(StoreError("disk I/O error"))
+    for d in (h.pull("", timeout=0), h.request("POST", "/relay/ack", json={"ids": ["kannel:m1"]})):
+        code, body = h.answer(d)
+        assert code == 503 and body.endswith(b"; retry\n")
+    assert h.store.done == set()
+
+
 # -- restarts ----------------------------------------------------------------------------------
 
 def test_a_restarted_relay_keeps_cursors_and_offers_everything_unacknowledged() -> None:

@@ -214,6 +214,7 @@ class SQLiteMessageStore:
         self._locked: str | None = None
         self._subscribers: list[Callable[[], None]] = []
         self._timers: list[Any] = []
+        self._probe_call: Any = None
         self._trigger: Any = None
 
     @classmethod
@@ -453,7 +454,9 @@ class SQLiteMessageStore:
                       path=self.path, why=failure.getErrorMessage())
         if not self._closed:
             self._failing = True
-            self._timers.append(self._reactor.callLater(PROBE, self._probe))
+            if self._probe_call is None or not self._probe_call.active():
+                self._probe_call = self._reactor.callLater(PROBE, self._probe)
+                self._timers.append(self._probe_call)
         error = StoreError(f"{self.path}: {failure.getErrorMessage()}")
         for op in batch:
             op.d.errback(Failure(error))
@@ -482,13 +485,17 @@ class SQLiteMessageStore:
         return d.addErrback(self._read_failed)
 
     def _reading(self, job: Callable[..., Any], *args: Any) -> Any:
+        """On the reader thread (its connection is used nowhere else)."""
         if self._reader_con is None:
             self._reader_con = self._connect(self.path)
-        return job(self._reader_con, *args)
+        try:
+            return job(self._reader_con, *args)
+        except sqlite3.Error:
+            self._close_connection("_reader_con")   # the next read starts afresh
+            raise
 
     def _read_failed(self, failure: Failure) -> Failure:
         failure.trap(sqlite3.Error)
-        self._close_connection("_reader_con")
         return Failure(StoreError(f"{self.path}: {failure.getErrorMessage()}"))
 
     @staticmethod
