@@ -189,6 +189,8 @@ class Delivery(Service):
 
     def accept(self, entry: Entry) -> None:
         """A new stored entry (the receiver's ``on_accepted``)."""
+        if entry.seq == self._scanned + 1 and not self._scanning:
+            self._scanned = entry.seq   # no gap before it: a later scan starts after it
         self._enqueue(entry)
         self._pump()
 
