@@ -360,8 +360,7 @@ class SQLiteMessageStore:
 
     def _enqueue(self, op: _Op) -> defer.Deferred[Any]:
         self._queue.append(op)
-        if self._call is None and not self._busy:
-            self._call = self._reactor.callLater(0, self._flush)
+        self._next()
         return op.d
 
     def _flush(self) -> None:
@@ -469,7 +468,13 @@ class SQLiteMessageStore:
                 lambda f: None)
 
     def _next(self) -> None:
-        if self._queue and not self._closed and self._call is None:
+        """Start the next batch: at once on the writer thread when it is idle (what arrives
+        meanwhile goes in the batch after); inline, on the next turn, to batch a turn's work."""
+        if not self._queue or self._closed or self._call is not None or self._busy:
+            return
+        if self._threaded and self._writer is not None and self._writer.started:
+            self._flush()
+        else:
             self._call = self._reactor.callLater(0, self._flush)
 
     # -- reading ------------------------------------------------------------------------------
