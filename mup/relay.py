@@ -170,9 +170,10 @@ class Relay:
         woken = self._wait(timeout) if timeout > 0 else None
 
         def read(entries: list[Entry]) -> Any:
-            if entries or woken is None or woken.called:
+            if entries or woken is None:
                 self._stop_waiting(woken)
                 return self._pull_answer(request, after, entries)
+            # Read again once woken (at once if a commit came while this read ran).
             return woken.addCallback(lambda _: self._store.pending(after=after, limit=limit))
 
         d = self._store.pending(after=after, limit=limit).addCallback(read)

@@ -201,6 +201,29 @@ def test_a_gateway_post_beside_the_relay_wakes_the_pull(h: Harness) -> None:
     assert message["record"]["from"] == "+447700900123"
 
 
+def test_a_commit_during_the_first_read_is_not_answered_empty(h: Harness) -> None:
+    """The pull waits before it reads: a commit landing while the read runs wakes it, and it
+    reads again rather than answering with nothing."""
+    from twisted.internet.defer import Deferred
+
+    reads: list[Deferred] = []
+    real = h.store.pending
+
+    def slow(after: int = 0, limit: int | None = None) -> Deferred:
+        if reads:
+            return real(after, limit)
+        d: Deferred = Deferred()
+        reads.append(d)
+        return d
+
+    h.store.pending = slow
+    d = h.pull("", timeout=30)
+    h.add(1)                 # committed while the first read is still running
+    reads[0].callback([])    # ... which saw nothing
+    answer = json.loads(h.answer(d)[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m1"]
+
+
 def test_timeout_zero_answers_at_once(h: Harness) -> None:
     code, body = h.answer(h.pull("", timeout=0))
     assert json.loads(body) == {"cursor": "e1-0", "messages": []}
