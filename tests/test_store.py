@@ -456,6 +456,24 @@ def test_a_crash_between_import_and_moving_aside_imports_nothing_twice(
     assert len(list(directory.glob("old-journal-*"))) == 1
 
 
+def test_an_old_journal_still_in_use_is_not_imported(tmp_path: Path, clock: Clock) -> None:
+    import fcntl
+
+    directory = tmp_path / "inbound"
+    shutil.copytree(DATA / "old-journal", directory)
+    with open(directory / "lock", "w") as held:   # an older mup still running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code = ("import sys; from twisted.internet.task import Clock\n"
+                "from mup.store.sqlite import SQLiteMessageStore\n"
+                "try: SQLiteMessageStore.open(sys.argv[1], Clock())\n"
+                "except Exception as e: print(type(e).__name__, e)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True,
+                             text=True, timeout=60).stdout
+    assert out == (f"StoreOpenError {directory}: the old journal is in use by another process "
+                   "(an older mup still running?); stop it first\n")
+    assert len(list(directory.glob("*.seg"))) == 4
+
+
 def test_a_damaged_old_frame_is_skipped_not_fatal(tmp_path: Path, clock: Clock) -> None:
     from mup.store.legacy import read_old_journal
 

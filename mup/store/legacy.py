@@ -13,6 +13,7 @@ delivered messages.  A damaged frame is skipped, as the old journal's own recove
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -90,12 +91,28 @@ def read_old_journal(directory: str) -> tuple[list[tuple[str, float, dict]], dic
     return waiting, {k: t for k, t in keys.items() if k not in pending_keys}
 
 
+def _not_in_use(directory: str) -> None:
+    """Refuse to import a journal an older mup still has open (it holds ``lock``)."""
+    path = os.path.join(directory, "lock")
+    if not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StoreOpenError(f"{directory}: the old journal is in use by another process "
+                             "(an older mup still running?); stop it first") from None
+    finally:
+        os.close(fd)
+
+
 def import_old_journal(directory: str, database: str, now: float, window: float) -> int | None:
     """Import an old journal in ``directory`` into ``database`` (already at the current schema)
     and move its files aside; the number of messages imported, or None if there was none."""
     names = _segments(directory)
     if not names and not os.path.exists(os.path.join(directory, "keys")):
         return None
+    _not_in_use(directory)
     try:
         pending, keys = read_old_journal(directory)
     except OSError as e:
