@@ -4,14 +4,18 @@
 
 Prints, measured in the same run:
 1. accepts/s and p50/p99 latency with ``wrk`` at N connections on the real receiver (Klein +
-   journal, fsync'd group commit) and on a no-op Klein handler (same Site, no journal), and the
-   ratio between them; beside them, references that show where the difference goes (a no-op
-   answering from a Deferred, the parse alone, the receiver without fsync);
+   the SQLite message store, committed with synchronous=FULL by group commit) and on a no-op
+   Klein handler (same Site, no store), and the ratio between them; beside them, references
+   that show where the difference goes (a no-op answering from a Deferred, the parse alone, the
+   receiver with synchronous=OFF) and, with ``--old TREE`` (a ``git worktree`` of the commit
+   before the store, e.g. 1fc4d52), the old segment journal's receiver, interleaved A/B;
+   every wrk run posts ids of its own (a run id in the script), so nothing is a duplicate;
 2. webhook -> IRC visible latency p50/p99: the real bot (``twistd -n mup``) on a real ngircd
    (MaxPenaltyTime=0, line_rate=0), a plain-socket client in the channel timing each message
    from the POST to its PRIVMSG;
-3. start-up time with ``--backlog`` undelivered messages in the journal: the journal's recovery
-   plus delivery's queueing, in process; and the bot's process until /healthz answers.
+3. start-up time with ``--backlog`` undelivered messages in the store: opening it plus
+   delivery's reading and queueing, in process; and the bot's process until /healthz answers;
+4. lines of storage code before (1fc4d52) and now.
 
 Two shared cores: wrk, the server and the journal thread compete; expect +-15 % between runs.
 """
@@ -46,13 +50,14 @@ def serve(kind: str, port: int, directory: str) -> None:
     """One server: ``noop`` (the baseline), ``receiver`` (the real thing), and references
     that show where the difference goes: ``noop-deferred`` (answers from a Deferred on the
     next reactor turn, as the receiver must), ``parse`` (reads and checks the post, answers
-    at once, journals nothing), ``receiver-nosync`` (the receiver with fsync skipped: not
-    durable, what the fsync and its thread cost)."""
+    at once, stores nothing), ``receiver-nosync`` (the receiver with synchronous=OFF: not
+    durable, what the fsyncs cost)."""
     from klein import Klein
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
     from mup.config import parse
+    from mup.gateway import to_record
     from mup.gateways import inbound
     from mup.webhook import Receiver, WebhookService, _limited_request, _QuietSite
 
@@ -60,19 +65,17 @@ def serve(kind: str, port: int, directory: str) -> None:
                                 "journal": directory},
                     "sms": {"kannel": {"inbound_token": TOKEN}}}, "<bench>", environ={})
     if kind.startswith("receiver"):
-        from mup.journal import FileSystem, Journal
+        from mup.store.sqlite import SQLiteMessageStore, connect
 
-        class NoSync(FileSystem):
-            def fsync(self, fd: int) -> None:
-                pass
+        def nosync(path: str):
+            con = connect(path)
+            con.execute("PRAGMA synchronous=OFF")
+            return con
 
-            def fsync_dir(self, path: str) -> None:
-                pass
-
-        journal = Journal.open(directory, reactor=reactor,
-                               fs=NoSync() if kind == "receiver-nosync" else None)
+        store = SQLiteMessageStore.open(directory, reactor, connector=nosync
+                                        if kind == "receiver-nosync" else connect)
         accepted = []
-        site = Receiver(config, journal, on_accepted=lambda e: accepted.append(e.seq),
+        site = Receiver(config, store, on_accepted=lambda e: accepted.append(e.seq),
                         clock=reactor).site()
     else:
         app = Klein()
@@ -82,8 +85,8 @@ def serve(kind: str, port: int, directory: str) -> None:
         def noop(request):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             if kind == "parse":
-                inbound.journal_entry(inbound.kannel_mo(checker._posted(request), TOKEN,
-                                                        reactor.seconds()))
+                to_record(inbound.kannel_mo(checker._posted(request), TOKEN,
+                                            reactor.seconds()))
             if kind == "noop-deferred":
                 d = Deferred()
                 reactor.callLater(0, d.callback, b"")
@@ -115,8 +118,10 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 WRK_LUA = r"""
 n = 0
 prefix = "p"
+threads = 0
 function setup(thread)
-  thread:set("prefix", tostring(math.random(1, 1e9)))
+  threads = threads + 1
+  thread:set("prefix", "RUN" .. "t" .. threads)
 end
 function request()
   n = n + 1
@@ -126,9 +131,16 @@ end
 """.replace("TOKEN", TOKEN)
 
 
+_runs = iter(range(1, 1 << 30))
+
+
 def run_wrk(port: int, seconds: int, connections: int, script: str) -> dict:
+    """One wrk run; its ids carry a run id of their own (wrk's Lua random numbers repeat from
+    run to run, which would make a second run all duplicates that never touch the disk)."""
+    path = Path(script).with_name(f"run-{os.getpid()}-{next(_runs)}.lua")
+    path.write_text(Path(script).read_text().replace("RUN", f"r{time.time_ns()}"))
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          "-s", script, f"http://127.0.0.1:{port}/kannel/mo"],
+                          "-s", str(path), f"http://127.0.0.1:{port}/kannel/mo"],
                          capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -152,13 +164,23 @@ def cpu_seconds(pid: int) -> float:
 REFERENCES = {
     "noop-deferred": "no-op, answering from a Deferred on the next turn",
     "parse": "+ read, authenticate and parse the post (answers at once)",
-    "receiver-nosync": "the receiver, fsync skipped (group commit, writer thread)",
-    "receiver": "the receiver: fsync'd before the answer",
+    "receiver-nosync": "the receiver, synchronous=OFF (group commit, writer thread)",
+    "receiver": "the receiver: committed (synchronous=FULL) before the answer",
+    "old-receiver": "the old segment journal's receiver (1fc4d52), fsync'd before the answer",
 }
 KINDS = ("noop", "noop-deferred", "parse", "receiver-nosync", "receiver")
 
 
-def bench_accepts(seconds: int, connections: int) -> None:
+def server_argv(kind: str, port: int, directory: Path, old: str | None) -> list[str]:
+    """The command for one server; ``old-receiver`` runs the old tree's own bench script."""
+    if kind == "old-receiver":
+        assert old is not None
+        return [sys.executable, str(Path(old) / "bench" / "webhook.py"), "--serve", "receiver",
+                str(port), str(directory)]
+    return [sys.executable, __file__, "--serve", kind, str(port), str(directory)]
+
+
+def bench_accepts(seconds: int, connections: int, old: str | None = None) -> None:
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package wrk): skipping the accept benchmark")
         return
@@ -167,10 +189,10 @@ def bench_accepts(seconds: int, connections: int) -> None:
     script.write_text(WRK_LUA)
     results = {}
     try:
-        for kind in KINDS * 2:
+        kinds = KINDS + ("old-receiver",) if old else KINDS
+        for kind in kinds * 2:
             port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port),
-                                     str(tmp / f"journal-{port}")])
+            proc = subprocess.Popen(server_argv(kind, port, tmp / f"journal-{port}", old))
             try:
                 wait_port(port)
                 run_wrk(port, 1, connections, str(script))   # warm-up
@@ -196,6 +218,11 @@ def bench_accepts(seconds: int, connections: int) -> None:
         # The same schedule on the no-op handler: the floor this load generator (Python
         # threads, on cores shared with the server) reaches at all.
         paced_noop = paced_latency(tmp, connections, rate=rate, seconds=seconds, kind="noop")
+        paced_old = None
+        if old:
+            os.sync()
+            paced_old = paced_latency(tmp, connections, rate=rate, seconds=seconds,
+                                      kind="old-receiver", old=old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     noop, real = results["noop"], results["receiver"]
@@ -209,6 +236,12 @@ def bench_accepts(seconds: int, connections: int) -> None:
           f"p99 {paced['p99']:.2f} ms (target < 10 ms)")
     print(f"  the same schedule on the no-op handler (this load generator's floor): "
           f"p50 {paced_noop['p50']:.2f} ms  p99 {paced_noop['p99']:.2f} ms")
+    if paced_old is not None:
+        old_r = results["old-receiver"]
+        print(f"  A/B, the old segment journal (1fc4d52) in the same run: "
+              f"{old_r['rate']:.0f}/s (ratio {old_r['rate'] / noop['rate']:.2f}), saturated "
+              f"p99 {old_r['p99']:.2f} ms; paced p50 {paced_old['p50']:.2f} ms "
+              f"p99 {paced_old['p99']:.2f} ms")
     cpu_noop, cpu_real = min(results["noop-cpu"]), min(results["receiver-cpu"])
     print(f"  server CPU per request: no-op {cpu_noop:.0f} us, durable {cpu_real:.0f} us; "
           f"capacity ratio {cpu_noop / cpu_real:.2f} (less sensitive to neighbours' load "
@@ -216,13 +249,15 @@ def bench_accepts(seconds: int, connections: int) -> None:
     print("  where the difference goes (same run; best rate, least CPU; the references are "
           "not durable):")
     for kind, what in REFERENCES.items():
+        if kind not in results:
+            continue
         cpu = min(results[kind + "-cpu"])
         print(f"    {kind:15} {results[kind]['rate'] / noop['rate']:5.2f} of the no-op rate, "
               f"{cpu:4.0f} us CPU a request ({cpu - cpu_noop:+4.0f})  {what}")
 
 
 def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
-                  kind: str = "receiver") -> dict:
+                  kind: str = "receiver", old: str | None = None) -> dict:
     """Accept latency at a steady request rate below saturation: ``connections`` threads
     each send on a fixed schedule and time each answer from its scheduled start (so a slow
     answer is not hidden by the sends it delayed)."""
@@ -230,8 +265,7 @@ def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
     import threading
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port),
-                             str(tmp / f"journal-paced-{kind}")])
+    proc = subprocess.Popen(server_argv(kind, port, tmp / f"journal-paced-{kind}", old))
     latencies: list[float] = []
     try:
         wait_port(port)
@@ -247,7 +281,7 @@ def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
                 if delay > 0:
                     time.sleep(delay)
                 conn.request("GET", f"/kannel/mo?from=%2B447911123456&to=4242&token={TOKEN}"
-                                    f"&text=%23ops+paced&id=paced-{n}-{i}")
+                                    f"&text=%23ops+paced&id=paced-{kind}-{n}-{i}")
                 response = conn.getresponse()
                 response.read()
                 latencies.append((time.perf_counter() - due) * 1000)
@@ -269,30 +303,29 @@ def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
 
 
 def bench_startup(backlog: int) -> None:
-    """Journal recovery + delivery queueing with ``backlog`` undelivered messages."""
+    """Opening the store + delivery reading and queueing ``backlog`` undelivered messages."""
     from twisted.internet.task import Clock
 
     from mup.delivery import Delivery
-    from mup.gateway import InboundSMS
-    from mup.gateways.inbound import journal_entry
-    from mup.journal import Journal
+    from mup.gateway import InboundSMS, to_record
+    from mup.store.sqlite import SQLiteMessageStore
 
-    tmp = tempfile.mkdtemp(prefix="mup-bench-journal-")
+    tmp = tempfile.mkdtemp(prefix="mup-bench-store-")
     try:
         clock = Clock()
-        journal = Journal.open(tmp, reactor=clock)
+        store = SQLiteMessageStore.open(tmp, clock)
         t0 = time.perf_counter()
         for i in range(backlog):
-            key, record = journal_entry(InboundSMS(
+            key, record = to_record(InboundSMS(
                 "kannel", f"b{i}", f"+4479111{i % 1000:05d}", "4242", f"#ops backlog {i}",
                 1.7e9))
-            journal.append(key, record)
+            store.append(key, record)
             if i % 5000 == 4999:
                 clock.advance(0)
         clock.advance(0)
-        journal.close()
+        store.close()
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
-        print(f"start-up with {backlog} undelivered messages ({size / 1e6:.1f} MB of journal, "
+        print(f"start-up with {backlog} undelivered messages ({size / 1e6:.1f} MB of database, "
               f"written in {time.perf_counter() - t0:.1f} s):")
 
         class Down:
@@ -306,22 +339,49 @@ def bench_startup(backlog: int) -> None:
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            journal = Journal.open(tmp, reactor=clock)
+            store = SQLiteMessageStore.open(tmp, clock)
             t1 = time.perf_counter()
-            delivery = Delivery(journal, Down(), None, clock=clock)
-            delivery.startService()
+            delivery = Delivery(store, Down(), None, clock=clock)
+            delivery.startService()   # inline on a Clock: every page read and queued now
             t2 = time.perf_counter()
             assert delivery.waiting + len(delivery._busy) >= backlog - delivery.max_lanes
             delivery.stopService()
-            journal.close()
+            store.close()
             times.append((t1 - t0, t2 - t1))
         opened, queued = min(times)
-        print(f"  in process: journal open {opened * 1000:.0f} ms + delivery queueing "
-              f"{queued * 1000:.0f} ms = {(opened + queued) * 1000:.0f} ms (best of 3; "
-              "target < 2 s)")
+        print(f"  in process: store open {opened * 1000:.0f} ms + delivery reading and queueing "
+              f"{queued * 1000:.0f} ms = {(opened + queued) * 1000:.0f} ms (best of 3)")
         bot_startup(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lines_of_code() -> None:
+    """Storage code before the store (1fc4d52) and now, counted by ``git``."""
+    def count(rev: str | None, paths: list[str]) -> dict[str, int]:
+        out = {}
+        for path in paths:
+            try:
+                text = (subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True,
+                                       text=True, check=True, cwd=ROOT).stdout if rev
+                        else (ROOT / path).read_text())
+            except (subprocess.CalledProcessError, OSError):
+                continue
+            out[path] = len(text.splitlines())
+        return out
+
+    before = count("1fc4d52", ["mup/journal.py", "mup/eventlog.py", "mup/routes.py",
+                               "mup/outbox.py", "mup/quota.py"])
+    now = count(None, ["mup/store/__init__.py", "mup/store/sqlite.py", "mup/store/legacy.py",
+                       "mup/store/sqlitestate.py", "mup/eventlog.py", "mup/routes.py",
+                       "mup/outbox.py", "mup/quota.py"])
+    print("lines of storage code (inbound messages; the state files are another change's):")
+    print(f"  before (1fc4d52): mup/journal.py {before.get('mup/journal.py', 0)}; "
+          + ", ".join(f"{p} {n}" for p, n in before.items() if p != "mup/journal.py"))
+    store = {p: n for p, n in now.items() if p.startswith("mup/store/")}
+    print(f"  now: {sum(store.values())} in mup/store/ ("
+          + ", ".join(f"{p.rsplit('/', 1)[1]} {n}" for p, n in store.items()) + "); "
+          + ", ".join(f"{p} {n}" for p, n in now.items() if p not in store))
 
 
 def bot_config(tmp: Path, irc: dict, port: int, journal: str | Path,
@@ -388,6 +448,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--skip", action="append", default=[],
                         choices=["accepts", "latency", "startup"])
+    parser.add_argument("--old", help="a checkout of the code before the store (e.g. "
+                        "`git worktree add /tmp/mup-old 1fc4d52`): its receiver runs "
+                        "interleaved with this one's")
     args = parser.parse_args()
     print(f"mup inbound benchmark; {os.cpu_count()} cores (shared: expect noise)")
     # Latency first, and the disk flushed between parts: the writeback of what one part wrote
@@ -397,10 +460,11 @@ def main() -> None:
         bench_latency(args.messages)
     if "accepts" not in args.skip:
         os.sync()
-        bench_accepts(args.seconds, args.connections)
+        bench_accepts(args.seconds, args.connections, args.old)
     if "startup" not in args.skip:
         os.sync()
         bench_startup(args.backlog)
+    lines_of_code()
 
 
 def bench_latency(messages: int) -> None:

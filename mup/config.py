@@ -256,7 +256,8 @@ SCHEMA: dict[str, tuple[str, list[Key]]] = {
                 "`tcp:port=8080:interface=127.0.0.1` (`ssl:` works too); empty: no receiver.",
                 check=_endpoint),
             Key("journal", str, "/var/lib/mup/inbound",
-                "Directory of the durable inbound journal."),
+                "Directory of the durable inbound journal (the SQLite database "
+                "`inbound.sqlite3`)."),
             Key("public_url", str, "", "The receiver's URL as providers see it, for signature "
                 "checks and delivery-report URLs, e.g. `https://mup.example.com`."),
             Key("max_body", int, 65536, "Largest request body accepted, in bytes (413 beyond).",

@@ -1,15 +1,15 @@
-"""Delivery: journal -> route -> IRC -> journal.mark_done, at least once and in order per sender.
+"""Delivery: store -> route -> IRC -> store.mark_done, at least once and in order per sender.
 
-Entries come from the journal at start-up (what was not confirmed before a crash or restart),
-from the receiver (``accept(entry)``, its ``on_accepted``) and from anyone else who appended
-(``wake()``, e.g. the relay puller).  An entry is marked done only after the IRC server
-confirmed it (``IRCService.deliver``); until then it is retried, waiting while IRC is down.
-Messages from one sender go out in order, pipelined: up to ``PIPELINE`` of them are handed to IRC
-before the first is confirmed (one connection keeps them in order, and queued deliveries share one
-confirming PING), each is marked done once its own delivery is confirmed, and when the connection
-drops every unconfirmed one goes again, in order, before anything newer.  Different senders go
-out side by side.  Delivery reports go to ``reports`` (``Outbox.report``) and its answer, if any,
-to IRC.
+Entries come from the message store at start-up (what was not confirmed before a crash or
+restart, read a page at a time), from the receiver (``accept(entry)``, its ``on_accepted``) and
+from anyone else who appended (``wake()``, e.g. the relay puller).  An entry is marked done
+only after the IRC server confirmed it (``IRCService.deliver``); until then it is retried,
+waiting while IRC is down.  Messages from one sender go out in order, pipelined: up to
+``PIPELINE`` of them are handed to IRC before the first is confirmed (one connection keeps them
+in order, and queued deliveries share one confirming PING), each is marked done once its own
+delivery is confirmed, and when the connection drops every unconfirmed one goes again, in
+order, before anything newer.  Different senders go out side by side.  Delivery reports go to
+``reports`` (``Outbox.report``) and its answer, if any, to IRC.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mup import metrics
-from mup.gateway import DeliveryReport, InboundSMS
-from mup.gateways.inbound import from_record
+from mup.gateway import DeliveryReport, InboundSMS, from_record
 from mup.ircmsg import irc_lower, split_message
 from mup.phone import mask_number
 from mup.routing import Route
+from mup.store import Entry, MessageStore
 from mup.text import clean_text
 
 __all__ = ["Delivery", "clean_text", "format_lines"]
@@ -48,6 +48,9 @@ REPORT_TRIES = 3
 """Delivery reports are best effort: given up after this many unconfirmed attempts."""
 
 RECENT_DONE = 10000
+
+PAGE = 5000
+"""Entries read from the store at a time when catching up."""
 """How many delivered seqs are remembered to ignore a second hand-over of the same entry."""
 
 _BREAKS = re.compile(r"\r\n|[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -77,9 +80,9 @@ _WAITING = object()
 
 @dataclass(eq=False)
 class _Flight:
-    """One journal entry of a lane on its way to IRC: what goes where, and how it went."""
+    """One stored entry of a lane on its way to IRC: what goes where, and how it went."""
 
-    entry: Any
+    entry: Entry
     target: str = ""
     lines: list[str] = field(default_factory=list)
     """Empty: nothing to show (dropped, unreadable, a report with no answer)."""
@@ -111,21 +114,21 @@ class _Flight:
 
 
 class Delivery(Service):
-    """Delivers journaled inbound SMS and delivery reports to IRC.
+    """Delivers stored inbound SMS and delivery reports to IRC.
 
-    ``journal``: ``pending()``, ``mark_done(seq)``; ``irc``: ``connected``,
+    ``store``: the :class:`mup.store.MessageStore`; ``irc``: ``connected``,
     ``when_connected()``, ``deliver(target, lines)``; ``router``: ``route(sms)`` (async);
     ``reports(report) -> (nick, text) | None``; ``on_delivered(entry)`` in order per lane, once
     IRC confirmed the entry and ``mark_done`` was called (the relay puller acknowledges there).
     ``pipeline``: unconfirmed messages per lane at once."""
 
-    def __init__(self, journal: Any, irc: Any, router: Any, *, clock: Any,
+    def __init__(self, store: MessageStore, irc: Any, router: Any, *, clock: Any,
                  reports: Callable[[DeliveryReport], tuple[str, str] | None] | None = None,
-                 on_delivered: Callable[[Any], object] | None = None,
+                 on_delivered: Callable[[Entry], object] | None = None,
                  hint: bool = True, prefix: str = "@", hint_window: float = 12 * 3600,
                  lanes: int = 16, max_backoff: float = 30.0, line_limit: int = LINE_BYTES,
                  pipeline: int = PIPELINE) -> None:
-        self.journal = journal
+        self.store = store
         self.irc = irc
         self.router = router
         self.clock = clock
@@ -138,71 +141,83 @@ class Delivery(Service):
         self.max_backoff = max_backoff
         self.line_limit = line_limit
         self.pipeline = max(1, pipeline)
-        self._queues: dict[str, deque[Any]] = {}
+        self._queues: dict[str, deque[Entry]] = {}
         self._ready: deque[str] = deque()
         self._busy: set[str] = set()
         self._known: set[int] = set()
         """Seqs queued or in flight, plus the most recently done ones (``_done_order``), so
         an entry handed over twice (``accept`` and a ``wake`` rescan) is shown once."""
         self._done_order: deque[int] = deque()
-        self._floor = 0
-        """Seqs up to this were queued at start-up (without going through ``_known``)."""
+        self._scanned = 0
+        """Every pending entry up to this seq was read from the store (and queued)."""
+        self._scanning = False
+        self._scan_again = False
+        self._first_scan = True
         self._hinted: dict[tuple[str, str], float] = {}
         self._waits: set[Deferred[Any]] = set()
         self._nudges: dict[str, Deferred[None]] = {}
         """Busy lane -> what it waits on for news (``_news``)."""
-        self._rescan: Any = None
         self.delivered = 0
 
     # Feeding
 
     def startService(self) -> None:
         super().startService()
-        pending = self.journal.pending()
-        queues, ready = self._queues, self._ready
-        for entry in pending:   # _enqueue, inlined: start-up with a large backlog counts
-            record = entry.record
-            lane = ("report" if record.get("kind") == "report"
-                    else "sms:" + str(record.get("from", "")))
-            queue = queues.get(lane)
-            if queue is None:
-                queue = queues[lane] = deque()
-                ready.append(lane)
-            queue.append(entry)
-        # Everything up to here is queued: later hand-overs of these seqs are ignored.
-        self._floor = max((e.seq for e in pending), default=self._floor)
-        if pending:
-            log.info("delivery: {n} inbound messages waiting from before", n=len(pending))
-        self._pump()
+        self.wake()   # what was waiting from before
 
     def stopService(self) -> None:
         super().stopService()
-        if self._rescan is not None and self._rescan.active():
-            self._rescan.cancel()
         for d in list(self._waits):
             d.cancel()
 
-    def accept(self, entry: Any) -> None:
-        """A new journal entry (the receiver's ``on_accepted``)."""
+    def accept(self, entry: Entry) -> None:
+        """A new stored entry (the receiver's ``on_accepted``)."""
+        if entry.seq == self._scanned + 1 and not self._scanning:
+            self._scanned = entry.seq   # no gap before it: a later scan starts after it
         self._enqueue(entry)
         self._pump()
 
     def wake(self) -> None:
-        """Someone appended to the journal: look for entries not seen yet (coalesced)."""
-        if self._rescan is None or not self._rescan.active():
-            self._rescan = self.clock.callLater(0, self._scan)
+        """Someone appended to the store: read the entries not seen yet (one scan at a time)."""
+        if self._scanning:
+            self._scan_again = True
+            return
+        self._scanning = True
+        d = Deferred.fromCoroutine(self._scan())
+        d.addErrback(self._scan_failed)
 
-    def _scan(self) -> None:
-        for entry in self.journal.pending():
-            self._enqueue(entry)
-        self._pump()
+    async def _scan(self) -> None:
+        found = 0
+        while self.running:
+            self._scan_again = False
+            entries = await self._wait(self.store.pending(after=self._scanned, limit=PAGE))
+            for entry in entries:
+                self._enqueue(entry)
+            if entries:
+                self._scanned = entries[-1].seq
+                found += len(entries)
+                self._pump()
+            if len(entries) < PAGE and not self._scan_again:
+                break
+        self._scanning = False
+        if self._first_scan and found:
+            log.info("delivery: {n} inbound messages waiting from before", n=found)
+        self._first_scan = False
+
+    def _scan_failed(self, failure: Failure) -> None:
+        self._scanning = False
+        if failure.check(CancelledError) or not self.running:
+            return
+        log.error("delivery: cannot read the store ({why}); trying again in {delay} s",
+                  why=failure.getErrorMessage(), delay=self.max_backoff)
+        self.clock.callLater(self.max_backoff, self.wake)
 
     @property
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def _enqueue(self, entry: Any) -> None:
-        if entry.seq <= self._floor or entry.seq in self._known:
+    def _enqueue(self, entry: Entry) -> None:
+        if entry.seq in self._known:
             return
         self._known.add(entry.seq)
         record = entry.record if isinstance(entry.record, dict) else {}
@@ -360,14 +375,14 @@ class Delivery(Service):
 
     # Preparing: what to send where
 
-    async def _prepare(self, entry: Any) -> _Flight:
+    async def _prepare(self, entry: Entry) -> _Flight:
         """Route and format one entry (routing waits for IRC).  An entry with nothing to show
         (unreadable, dropped, a report with no answer) is confirmed at once."""
         flight = _Flight(entry)
         try:
             item = from_record(entry.record)
         except ValueError as e:
-            log.error("journal entry {seq} ({key}) is unreadable, skipped: {error}",
+            log.error("stored entry {seq} ({key}) is unreadable, skipped: {error}",
                       seq=entry.seq, key=entry.key, error=e)
         else:
             if isinstance(item, InboundSMS):
@@ -435,17 +450,17 @@ class Delivery(Service):
 
     def _done(self, flight: _Flight) -> None:
         """``flight`` is confirmed (or had nothing to show, or was given up): mark it done and
-        call ``on_delivered``, in lane order.  The journal's fsync is not waited for: a crash
+        call ``on_delivered``, in lane order.  The store's commit is not waited for: a crash
         before it is durable shows the message again, as for any message in flight."""
         entry, sms = flight.entry, flight.sms
         if sms is not None and flight.lines:
             self.delivered += 1
             metrics.delivered.inc()
             metrics.inbound_latency.observe(max(self.clock.seconds() - sms.received, 0.0))
-        d = maybeDeferred(self.journal.mark_done, entry.seq)
-        d.addErrback(lambda f: log.failure(
-            "marking journal entry {seq} done failed (it may be shown again after a restart)",
-            f, seq=entry.seq))
+        d = maybeDeferred(self.store.mark_done, [entry.seq])
+        d.addErrback(lambda f: log.error(
+            "marking stored entry {seq} done failed (it may be shown again after a restart): "
+            "{why}", seq=entry.seq, why=f.getErrorMessage()))
         self._done_order.append(entry.seq)
         if len(self._done_order) > RECENT_DONE:
             self._known.discard(self._done_order.popleft())

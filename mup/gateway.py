@@ -9,11 +9,11 @@ interface only; ``mup.gateways.factory`` builds the configured gateway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Mapping, Protocol
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["DeliveryReport", "Gateway", "InboundSMS", "SendResult"]
+__all__ = ["DeliveryReport", "Gateway", "InboundSMS", "SendResult", "from_record", "to_record"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,37 @@ class DeliveryReport:
     state: str
     """``"delivered"``, ``"failed"`` or ``"pending"`` (intermediate states)."""
     reason: str = ""
+
+
+def to_record(item: InboundSMS | DeliveryReport, status: str = "") -> tuple[str, dict]:
+    """The store key and record (plain JSON) for what a gateway posted.  An SMS is keyed
+    ``<gateway>:<message id>``; a delivery report ``<gateway>:report:<id>:<status>``, so each
+    state change is kept once however often it is posted."""
+    if isinstance(item, InboundSMS):
+        return f"{item.gateway}:{item.message_id}", {
+            "kind": "sms", "gateway": item.gateway, "id": item.message_id,
+            "from": item.sender, "to": item.recipient, "text": item.text,
+            "received": item.received, "extra": dict(item.extra)}
+    return f"{item.gateway}:report:{item.message_id}:{status}", {
+        "kind": "report", "gateway": item.gateway, "id": item.message_id,
+        "state": item.state, "reason": item.reason}
+
+
+def from_record(record: Mapping) -> InboundSMS | DeliveryReport:
+    """Read back a stored record written by :func:`to_record`; raises ``ValueError`` for
+    a record that is not one."""
+    try:
+        if record["kind"] == "sms":
+            return InboundSMS(str(record["gateway"]), str(record["id"]), str(record["from"]),
+                              str(record.get("to", "")), str(record["text"]),
+                              float(record["received"]),
+                              {str(k): str(v) for k, v in dict(record.get("extra", {})).items()})
+        if record["kind"] == "report":
+            return DeliveryReport(str(record["gateway"]), str(record["id"]),
+                                  str(record["state"]), str(record.get("reason", "")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not an inbound record: {e!r}") from None
+    raise ValueError(f"unknown record kind {record.get('kind')!r}")
 
 
 class Gateway(Protocol):

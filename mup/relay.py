@@ -1,39 +1,39 @@
 """mup-relay: the always-up receiver that keeps inbound SMS while the bot is down.
 
-The relay runs the very same webhook receiver and journal as the bot (``mup.webhook``,
-``mup.journal``) and adds the pull protocol the bot uses to fetch what was accepted:
+The relay runs the very same webhook receiver and message store as the bot (``mup.webhook``,
+``mup.store``) and adds the pull protocol the bot uses to fetch what was accepted:
 
 * ``GET /relay/pull?cursor=C&timeout=S&limit=N`` answers at once with the pending messages
   after cursor ``C``, or after ``S`` seconds (capped by ``[relay] poll_timeout``) with none;
-* ``POST /relay/ack`` with ``{"ids": [...]}`` marks those messages done in the journal: the
+* ``POST /relay/ack`` with ``{"ids": [...]}`` marks those messages done in the store: the
   relay deletes only what was acknowledged.
 
-A cursor is ``<epoch>-<seq>``: the journal sequence number of the last message handed out, and
-a random epoch drawn when this relay process started.  The durable state is the journal alone
-(what is pending, what was acknowledged), so a cursor from an earlier relay process is refused
-as expired (400) and the bot pulls again from the start: every unacknowledged message is
-offered again, and the bot drops the ones it already has by message id.  See
-``docs/relay-protocol.md``.
+A cursor is ``<epoch>-<seq>``: the store's sequence number of the last message handed out, and
+the store's epoch.  The relay keeps nothing of its own: every pull reads the store
+(``pending(after=seq)``), a waiting pull wakes when the store says something was committed, and
+an acknowledgement looks the ids up in the store, so several relays may share one store.  A
+cursor from another store (or from before it was recreated) is refused as expired (400) and
+the bot pulls again from the start: every unacknowledged message is offered again, and the bot
+drops the ones it already has by message id.  See ``docs/relay-protocol.md``.
 """
 
 from __future__ import annotations
 
-import bisect
 import hmac
 import json
-import secrets
 from typing import Any, Callable, Iterable
 
 from klein import Klein
 from prometheus_client import Counter, Gauge
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from mup import metrics
 from mup.config import Config, ConfigError
+from mup.store import Backlog, Entry, MessageStore, StoreError
 
 __all__ = ["CursorError", "Relay", "format_cursor", "make_relay_service", "parse_cursor"]
 
@@ -63,114 +63,65 @@ def format_cursor(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
 
 
-def parse_cursor(text: str, epoch: str, highest: int) -> int:
+def parse_cursor(text: str, epoch: str) -> int:
     """The sequence number after which to hand out messages, for a cursor from a pull.
 
-    ``""`` (or absent) means from the start.  A cursor from another relay process is expired;
-    anything else that is not one of ours is garbled."""
+    ``""`` (or absent) means from the start.  A cursor of another epoch is expired; anything
+    else that is not one of ours is garbled."""
     if text == "":
         return 0
     head, sep, tail = text.rpartition("-")
     if not sep or not head or not tail.isdigit() or len(tail) > 19:
         raise CursorError(f"garbled cursor {text[:40]!r}: expected <epoch>-<seq> from a pull")
     if not hmac.compare_digest(head.encode("utf-8", "replace"), epoch.encode()):
-        raise CursorError("expired cursor: the relay restarted since it was issued; "
+        raise CursorError("expired cursor: the relay's store is not the one it was issued by; "
                           "pull again from the start (no cursor)")
-    seq = int(tail)
-    if seq > highest:
-        raise CursorError(f"garbled cursor: {seq} is beyond the relay's last message {highest}")
-    return seq
+    return int(tail)
 
 
 class Relay:
-    """The pull protocol over one journal: pending index, long-poll waiters, acknowledgements.
-
-    ``journal`` is a :class:`mup.journal.Journal` (``pending()``, ``mark_done(seq)``,
-    ``backlog``, ``writable()``).  :meth:`accepted` is the receiver's ``on_accepted`` hook: it
-    is called with each new journal entry once it is on disk."""
+    """The pull protocol over one :class:`mup.store.MessageStore`: pulls (long-polled, woken
+    by the store's ``subscribe``), acknowledgements, and the relay's health."""
 
     app = Klein()
     log = Logger()
 
-    def __init__(self, journal: Any, token: str, poll_timeout: float, reactor: Any,
-                 epoch: str | None = None) -> None:
+    def __init__(self, store: MessageStore, token: str, poll_timeout: float,
+                 reactor: Any) -> None:
         if not token:
             raise ConfigError("[relay] token must be set: the bot authenticates with it")
-        self._journal = journal
+        self._store = store
         self._token = token.encode("utf-8")
         self._poll_timeout = poll_timeout
         self._reactor = reactor
-        self.epoch = epoch or secrets.token_hex(6)
-        self._seqs: list[int] = []
-        self._entries: dict[int, Any] = {}
-        self._by_key: dict[str, int] = {}
-        self._highest = 0
-        self._handed_out_up_to = 0
         self._waiters: set[Deferred[None]] = set()
         self.last_pull: float | None = None
-        for entry in journal.pending():
-            self._add(entry)
-        _backlog.set_function(lambda: len(self._seqs))
-        _oldest.set_function(self.oldest_age)
+        store.subscribe(self._committed)
         _last_pull.set_function(lambda: self.last_pull or 0.0)
 
-    # -- the index of pending entries --------------------------------------------------------
+    @property
+    def epoch(self) -> str:
+        return self._store.epoch
 
-    def _add(self, entry: Any) -> None:
-        seq = entry.seq
-        if seq in self._entries:
-            return
-        self._entries[seq] = entry
-        self._by_key[entry.key] = seq
-        if not self._seqs or seq > self._seqs[-1]:
-            self._seqs.append(seq)
-        else:
-            bisect.insort(self._seqs, seq)
-        if seq <= self._handed_out_up_to:
-            # A cursor already went past this one: it would never be handed out in this
-            # session.  A new epoch makes every cursor expire, so the bot pulls from the start.
-            self.log.warn("relay: message {seq} became durable after a later one was handed "
-                          "out; expiring cursors so it is not skipped", seq=seq)
-            self.epoch = secrets.token_hex(6)
-            self._handed_out_up_to = 0
-        self._highest = max(self._highest, seq)
-
-    def _remove(self, seq: int) -> None:
-        entry = self._entries.pop(seq, None)
-        if entry is None:
-            return
-        if self._by_key.get(entry.key) == seq:
-            del self._by_key[entry.key]
-        i = bisect.bisect_left(self._seqs, seq)
-        if i < len(self._seqs) and self._seqs[i] == seq:
-            del self._seqs[i]
-
-    def _after(self, seq: int, limit: int) -> list[Any]:
-        i = bisect.bisect_right(self._seqs, seq)
-        return [self._entries[s] for s in self._seqs[i:i + limit]]
-
-    def accepted(self, entry: Any) -> None:
-        """A new message is on disk: index it and answer the waiting pulls."""
-        self._add(entry)
+    def _committed(self) -> None:
+        """The store has new messages: answer the waiting pulls."""
         waiters, self._waiters = self._waiters, set()
         for d in waiters:
             d.callback(None)
 
-    @property
-    def backlog(self) -> int:
-        return len(self._seqs)
+    def health(self) -> Deferred[dict[str, Any]]:
+        """What the relay adds to the receiver's ``/healthz`` (and refreshes its gauges, as
+        the receiver asks before ``/metrics`` too)."""
+        return self._store.backlog().addCallback(self._health)
 
-    def oldest_age(self) -> float:
-        if not self._seqs:
-            return 0.0
-        return max(0.0, self._reactor.seconds() - self._entries[self._seqs[0]].appended)
-
-    def health(self) -> dict[str, Any]:
-        """What the relay adds to the receiver's ``/healthz`` (journal writable, backlog)."""
+    def _health(self, backlog: Backlog) -> dict[str, Any]:
         now = self._reactor.seconds()
+        oldest = 0.0 if backlog.oldest is None else max(0.0, now - backlog.oldest)
+        _backlog.set(backlog.count)
+        _oldest.set(oldest)
         return {
-            "relay_backlog": self.backlog,
-            "oldest_undelivered_age": round(self.oldest_age(), 3),
+            "relay_backlog": backlog.count,
+            "oldest_undelivered_age": round(oldest, 3),
             "last_pull_age": None if self.last_pull is None else round(now - self.last_pull, 3),
         }
 
@@ -181,6 +132,8 @@ class Relay:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         if code == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="mup-relay"')
+        elif code == 503:
+            request.setHeader(b"Retry-After", b"5")
         return reason.encode("utf-8") + b"\n"
 
     def _authorized(self, request: IRequest) -> bool:
@@ -202,7 +155,7 @@ class Relay:
             return self._refuse(request, 401, "missing or wrong bearer token")
         self.last_pull = self._reactor.seconds()
         try:
-            after = parse_cursor(_arg(request, b"cursor", ""), self.epoch, self._highest)
+            after = parse_cursor(_arg(request, b"cursor", ""), self.epoch)
             timeout = _number(request, b"timeout", self._poll_timeout, float)
             limit = _number(request, b"limit", DEFAULT_LIMIT, int)
         except CursorError as e:
@@ -213,16 +166,45 @@ class Relay:
             return self._refuse(request, 400, str(e))
         timeout = min(max(timeout, 0.0), self._poll_timeout)
         limit = min(max(limit, 1), MAX_LIMIT)
-        if self._after(after, limit) or timeout == 0:
-            return self._pull_answer(request, self.epoch, after, limit)
-        d = self._wait(timeout)
-        epoch = self.epoch
-        d.addCallback(lambda _: self._pull_answer(request, epoch, after, limit))
+        # Waiting before reading, so a commit between the read and the wait is not missed.
+        woken = self._wait(timeout) if timeout > 0 else None
+
+        def read(entries: list[Entry]) -> Any:
+            if entries or woken is None:
+                self._stop_waiting(woken)
+                return self._pull_answer(request, after, entries)
+            # Read again once woken (at once if a commit came while this read ran).
+            return woken.addCallback(lambda _: self._store.pending(after=after, limit=limit))
+
+        d = self._store.pending(after=after, limit=limit).addCallback(read)
+        d.addErrback(self._pull_failed, woken)
+        d.addCallback(lambda entries: entries if isinstance(entries, bytes)
+                      else self._pull_answer(request, after, entries))
         return d
 
+    @staticmethod
+    def _stop_waiting(woken: Deferred[None] | None) -> None:
+        if woken is not None and not woken.called:
+            woken.addErrback(lambda f: None)
+            woken.cancel()
+
+    def _pull_failed(self, failure: Any, woken: Deferred[None] | None) -> Any:
+        self._stop_waiting(woken)
+        return failure
+
+    def _pull_answer(self, request: IRequest, after: int, entries: list[Entry]) -> bytes:
+        """The messages read, and the cursor past them."""
+        last = entries[-1].seq if entries else after
+        _pulls.labels("messages" if entries else "empty").inc()
+        _handed_out.inc(len(entries))
+        return self._json(request, {
+            "cursor": format_cursor(self.epoch, last),
+            "messages": [{"id": e.key, "seq": e.seq, "accepted": e.appended,
+                          "record": e.record} for e in entries],
+        })
+
     def _wait(self, timeout: float) -> Deferred[None]:
-        """Fires on the next accepted message or after ``timeout``; cancelled (Klein does it)
-        when the client goes away."""
+        """Fires on the store's next commit of new messages or after ``timeout``."""
 
         def cancel(d: Deferred[None]) -> None:
             self._waiters.discard(d)
@@ -239,22 +221,6 @@ class Relay:
         d.addBoth(_cancel_timer, timer)
         self._waiters.add(d)
         return d
-
-    def _pull_answer(self, request: IRequest, epoch: str, after: int, limit: int) -> bytes:
-        """The messages after ``after``, and the cursor past them.  ``epoch`` is the one the
-        request's cursor was read in: if the epoch changed while the pull waited, the cursor
-        keeps the old one, so the bot's next pull is refused and starts again."""
-        entries = self._after(after, limit)
-        last = entries[-1].seq if entries else after
-        if epoch == self.epoch:
-            self._handed_out_up_to = max(self._handed_out_up_to, last)
-        _pulls.labels("messages" if entries else "empty").inc()
-        _handed_out.inc(len(entries))
-        return self._json(request, {
-            "cursor": format_cursor(epoch, last),
-            "messages": [{"id": e.key, "seq": e.seq, "accepted": e.appended,
-                          "record": e.record} for e in entries],
-        })
 
     @app.route("/relay/ack", methods=["POST"])
     def ack(self, request: IRequest) -> Any:
@@ -274,43 +240,29 @@ class Relay:
         return d
 
     def acknowledge(self, ids: Iterable[str]) -> Deferred[dict[str, list[str]]]:
-        """Mark the pending messages with these ids done in the journal, once each; fires
-        when that is durable.  Ids the relay does not hold (already acknowledged, or never
-        seen) are reported back as unknown: acknowledging twice is harmless."""
-        known: list[tuple[str, int]] = []
-        unknown: list[str] = []
-        for key in dict.fromkeys(ids):
-            seq = self._by_key.get(key)
-            if seq is None:
-                unknown.append(key)
-            else:
-                known.append((key, seq))
-        if not known:
-            return succeed({"acked": [], "unknown": unknown})
+        """Mark the pending messages with these ids done in the store; fires when that is
+        durable.  Ids the store does not hold as pending (already acknowledged, or never seen)
+        are reported back as unknown: acknowledging twice is harmless."""
+        return Deferred.fromCoroutine(self._acknowledge(list(dict.fromkeys(ids))))
 
-        def marked(results: list[tuple[bool, Any]]) -> dict[str, list[str]]:
-            acked, failed = [], []
-            for (key, seq), (ok, why) in zip(known, results, strict=True):
-                if ok:
-                    self._remove(seq)
-                    acked.append(key)
-                else:
-                    self.log.failure("relay: could not mark {key} done", why, key=key)
-                    failed.append(key)
-            _acked.inc(len(acked))
-            if failed:
-                raise AckFailed(failed)
-            return {"acked": acked, "unknown": unknown}
-
-        d = DeferredList([self._journal.mark_done(seq) for _, seq in known],
-                         consumeErrors=True)
-        d.addCallback(marked)
-        return d
+    async def _acknowledge(self, ids: list[str]) -> dict[str, list[str]]:
+        found = await self._store.lookup(ids) if ids else {}
+        unknown = [key for key in ids if key not in found]
+        if found:
+            try:
+                await self._store.mark_done(found.values())
+            except StoreError as e:
+                self.log.error("relay: could not record an acknowledgement: {why}", why=e)
+                raise AckFailed(list(found)) from None
+        _acked.inc(len(found))
+        return {"acked": [key for key in ids if key in found], "unknown": unknown}
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Any) -> bytes:
         if failure.check(AckFailed):
             return self._refuse(request, 503, "could not record the acknowledgement; retry")
+        if failure.check(StoreError):
+            return self._refuse(request, 503, "the relay's store is unavailable; retry")
         self.log.failure("relay: error answering {uri}", failure, uri=request.uri)
         return self._refuse(request, 500, "internal error")
 
@@ -323,7 +275,7 @@ class Relay:
 
 
 class AckFailed(Exception):
-    """The journal could not record some acknowledgements."""
+    """The store could not record some acknowledgements."""
 
 
 def _cancel_timer(result: Any, timer: Any) -> Any:
@@ -371,7 +323,7 @@ class _Beside(Resource):
 
 
 def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
-    """``twistd mup-relay``: the webhook receiver and journal, plus the pull protocol."""
+    """``twistd mup-relay``: the webhook receiver and message store, plus the pull protocol."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -381,15 +333,15 @@ def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
     if not config.relay.token:
         raise ConfigError(f"{config.path}: [relay] token must be set for mup-relay (the bot "
                           "presents it as [inbound] relay_token)")
-    from mup.journal import Journal
+    from mup.store.sqlite import SQLiteMessageStore
     from mup.webhook import Receiver, WebhookService
 
-    journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
-    relay = Relay(journal, config.relay.token, config.relay.poll_timeout, reactor)
-    Relay.log.info("mup-relay: {n} messages kept for the bot; pulls wait up to {t:g} s",
-                   n=relay.backlog, t=config.relay.poll_timeout)
-    receiver = Receiver(config, journal, on_accepted=relay.accepted, health=relay.health,
-                        clock=reactor)
+    store = SQLiteMessageStore.open(config.resolve_path(config.webhook.journal), reactor)
+    relay = Relay(store, config.relay.token, config.relay.poll_timeout, reactor)
+    store.backlog().addCallbacks(lambda backlog: Relay.log.info(
+        "mup-relay: {n} messages kept for the bot; pulls wait up to {t:g} s",
+        n=backlog.count, t=config.relay.poll_timeout), lambda f: None)
+    receiver = Receiver(config, store, health=relay.health, clock=reactor)
     # The receiver's own Site (body limit, no access log), with the pull protocol beside it.
     site = receiver.site()
     site.resource = relay.resource(site.resource)

@@ -1,13 +1,13 @@
-"""The bot's side of mup-relay: long-poll the relay, journal what it hands out, acknowledge
+"""The bot's side of mup-relay: long-poll the relay, store what it hands out, acknowledge
 what IRC confirmed.
 
-Pulled messages go into the bot's own journal under the relay's id (the same
+Pulled messages go into the bot's own message store under the relay's id (the same
 ``gateway:message_id`` key the bot's webhook would use), so a message handed out twice — after
 a restart of either side — is appended once and shown once, and they flow through the very same
 delivery pipeline as the webhook's.  The relay is acknowledged only when delivery reports the
 message confirmed by the IRC server (:meth:`RelayPuller.delivered`, wired as the delivery's
 ``on_delivered`` hook).  The cursor lives in memory only: after a restart the bot pulls from
-the start and the journal drops what it already has.  See ``docs/relay-protocol.md``.
+the start and the store drops what it already has.  See ``docs/relay-protocol.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mup.store import MessageStore, StoreError
 
 __all__ = ["RELAY_MARK", "RelayPuller", "check_settings", "make_puller"]
 
@@ -35,21 +38,21 @@ class _RelayTrouble(Exception):
 
 
 class RelayPuller(Service):
-    """Pulls inbound SMS from a mup-relay into the bot's journal and acknowledges them.
+    """Pulls inbound SMS from a mup-relay into the bot's store and acknowledges them.
 
-    ``journal`` is the bot's :class:`mup.journal.Journal`; ``wake`` is called after new
+    ``store`` is the bot's :class:`mup.store.MessageStore`; ``wake`` is called after new
     messages were appended (``Delivery.wake``); ``http`` is a treq ``HTTPClient`` (or
     ``StubTreq``)."""
 
     log = Logger()
 
-    def __init__(self, url: str, token: str, journal: Any, wake: Callable[[], Any],
+    def __init__(self, url: str, token: str, store: MessageStore, wake: Callable[[], Any],
                  reactor: Any, http: Any, *, poll_timeout: float = 30.0, limit: int = 200,
                  window: int = 2000, min_delay: float = 0.5, max_delay: float = 60.0,
                  jitter: Callable[[], float] = random.random) -> None:
         self._base = url.rstrip("/")
         self._headers = {b"Authorization": [b"Bearer " + token.encode("utf-8")]}
-        self._journal = journal
+        self._store = store
         self._wake = wake
         self._reactor = reactor
         self._http = http
@@ -61,7 +64,7 @@ class RelayPuller(Service):
         self._jitter = jitter
         self.cursor = ""
         self._in_flight: set[str] = set()
-        """Ids pulled (and journaled) and not yet acknowledged."""
+        """Ids pulled (and stored) and not yet acknowledged."""
         self._to_ack: dict[str, None] = {}
         self._acking: Deferred[None] | None = None
         self._ack_running = False
@@ -74,6 +77,13 @@ class RelayPuller(Service):
         self._failures = 0
         self.pulled = 0
         self.acked = 0
+
+    def describe(self) -> str:
+        """How pulling goes, in a few words (the operators' ``status``)."""
+        if self._trouble is not None:
+            return f"{self._base} unusable: {self._trouble}"
+        return (f"{self._base}: {self.pulled} pulled, {self.acked} acknowledged, "
+                f"{len(self._in_flight)} waiting for IRC")
 
     # -- service ------------------------------------------------------------------------------
 
@@ -167,8 +177,8 @@ class RelayPuller(Service):
         return messages
 
     async def _take(self, messages: list[dict[str, Any]]) -> None:
-        """Journal a batch (one shared fsync), then move the cursor past it.  If an append
-        fails the cursor stays: the next pull hands the batch out again and the journal drops
+        """Store a batch (one shared commit), then move the cursor past it.  If an append
+        fails the cursor stays: the next pull hands the batch out again and the store drops
         what it already holds."""
         records = []
         for m in messages:
@@ -177,7 +187,7 @@ class RelayPuller(Service):
             extra[RELAY_MARK] = m["id"]
             record["extra"] = extra
             records.append((m["id"], record))
-        results = await DeferredList([self._journal.append(key, record)
+        results = await DeferredList([self._store.append(key, record)
                                       for key, record in records], consumeErrors=True)
         duplicates = []
         failed = None
@@ -190,16 +200,20 @@ class RelayPuller(Service):
                 self._in_flight.add(key)
         self.pulled += len(records) - len(duplicates)
         self._wake()
-        if duplicates:
-            pending = {e.key for e in self._journal.pending()}
-            for key in duplicates:
+        if duplicates and failed is None:
+            try:
+                pending = await self._store.lookup(duplicates)
+            except StoreError as e:
+                failed = Failure(e)
+                pending = {}
+            for key in duplicates if failed is None else ():
                 if key in pending:
                     self._in_flight.add(key)  # acknowledged when delivery confirms it
                 else:
                     self._ack(key)  # confirmed on IRC before; the ack never reached the relay
         if failed is not None:
-            self.log.failure("relay: could not journal pulled messages; pulling them again",
-                             failed)
+            self.log.error("relay: could not store pulled messages ({why}); pulling them "
+                           "again", why=failed.getErrorMessage())
             await self._sleep(self._min_delay)
             return
         self.cursor = self._pending_cursor
@@ -326,7 +340,7 @@ def check_settings(config: Any) -> None:
                           "(the relay's [relay] token)")
 
 
-def make_puller(config: Any, journal: Any, wake: Callable[[], Any], reactor: Any
+def make_puller(config: Any, store: MessageStore, wake: Callable[[], Any], reactor: Any
                 ) -> RelayPuller:
     """The puller for ``[inbound] relay_url``, with its own HTTP connection pool."""
     from treq.client import HTTPClient
@@ -335,5 +349,5 @@ def make_puller(config: Any, journal: Any, wake: Callable[[], Any], reactor: Any
     check_settings(config)
     pool = HTTPConnectionPool(reactor, persistent=True)
     http = HTTPClient(Agent(reactor, pool=pool))
-    return RelayPuller(config.inbound.relay_url, config.inbound.relay_token, journal, wake,
+    return RelayPuller(config.inbound.relay_url, config.inbound.relay_token, store, wake,
                        reactor, http)

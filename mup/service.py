@@ -1,7 +1,7 @@
 """The composition root: builds every part of mup from a config, on one reactor.
 
 Data flows one way:  IRC line -> command -> directory/gateway -> reply;
-gateway POST -> journal -> delivery -> IRC.  Only this module knows all the parts.
+gateway POST -> message store -> delivery -> IRC.  Only this module knows all the parts.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     channels.load()
     gate = Gate(Operators.from_config(config), ignores)
     commands = Commands([echo()], gate=gate)
-    # Slots: each part adds itself below (directory, gateway, sms, journal, webhook, relay).
+    # Slots: each part adds itself below (directory, gateway, sms, store, webhook, relay).
     # Directory: LDAP server or embedded LDIF ([ldap]); None when neither is configured.
     from mup.commands.poke import poke
     from mup.ldap import directory_from_config
@@ -79,7 +79,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     irc.set_channels(channels.wanted())
     irc.setServiceParent(top)
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
-    # -> journal -> delivery -> IRC; reply routes fed by the sms command's on_sent.
+    # -> message store -> delivery -> IRC; reply routes fed by the sms command's on_sent.
     inbound: dict[str, Any] = {}
     if config.webhook.endpoint or config.inbound.relay_url:
         inbound = _inbound(config, reactor, top, irc, directory, outbox, sms_sent, state)
@@ -115,9 +115,9 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
     """Builds the inbound path; returns its parts the status report looks at."""
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
-    from mup.journal import Journal
     from mup.routes import ReplyRoutes
     from mup.routing import Router
+    from mup.store.sqlite import SQLiteMessageStore
     from mup.webhook import Receiver, WebhookService
 
     window = parse_duration(config.inbound.reply_window)
@@ -135,28 +135,28 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
     if config.inbound.relay_url:
         from mup.relayclient import check_settings
 
-        check_settings(config)  # before the journal starts its thread
-    journal = Journal.open(config.resolve_path(config.webhook.journal), reactor=reactor)
+        check_settings(config)  # before the store is opened
+    store = SQLiteMessageStore.open(config.resolve_path(config.webhook.journal), reactor)
     delivered_hooks: list[Any] = []
-    parts: dict[str, Any] = {"store": journal}
+    parts: dict[str, Any] = {"store": store}
 
     def on_delivered(entry: Any) -> None:
         for hook in delivered_hooks:
             hook(entry)
 
-    delivery = Delivery(journal, irc, router, clock=reactor, reports=outbox.report,
+    delivery = Delivery(store, irc, router, clock=reactor, reports=outbox.report,
                         on_delivered=on_delivered, hint=config.inbound.hint,
                         prefix=config.irc.prefix, hint_window=window)
     delivery.setServiceParent(top)
     if config.inbound.relay_url:
         from mup.relayclient import make_puller
 
-        puller = make_puller(config, journal, delivery.wake, reactor)
+        puller = make_puller(config, store, delivery.wake, reactor)
         delivered_hooks.append(puller.delivered)
         puller.setServiceParent(top)
         parts["puller"] = puller
     if config.webhook.endpoint:
-        receiver = Receiver(config, journal, on_accepted=delivery.accept,
+        receiver = Receiver(config, store, on_accepted=delivery.accept,
                             health=lambda: {"irc_connected": bool(irc.connected)}, clock=reactor)
         WebhookService(config.webhook.endpoint, receiver.site(), reactor).setServiceParent(top)
     return parts

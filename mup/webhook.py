@@ -1,23 +1,22 @@
 """The webhook receiver: what SMS gateways post (inbound SMS, delivery reports), made durable.
 
 Every post is checked in this order: body size (413), authentication (403, constant time),
-content (400); then it is appended to the journal and answered 2xx only once the journal has
-fsync'd it.  A post seen before is answered 2xx and not journaled again.  The receiver knows
-nothing of IRC: whoever builds it passes ``on_accepted`` (the bot wakes its delivery, the relay
-wakes its pullers) and ``health`` (extra checks for ``/healthz``).  The same class serves the
-bot and mup-relay.
+content (400); then it is appended to the message store and answered 2xx only once the store
+committed it.  A post seen before is answered 2xx and not stored again.  The receiver knows
+nothing of IRC: whoever builds it passes ``on_accepted`` (the bot hands the entry to its
+delivery) and ``health`` (extra checks for ``/healthz``).  The same class serves the bot and
+mup-relay (whose pulls hear of new entries from the store itself).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 from typing import Any, Callable, Mapping
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -26,10 +25,11 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from mup import metrics
+from mup.gateway import to_record
 from mup.gateways import inbound
 from mup.gateways.inbound import Posted, Refused
 from mup.httpserver import GuardedSite, Limits
-from mup.journal import JournalClosed
+from mup.store import Entry, MessageStore, StoreClosed, StoreError
 
 __all__ = ["Receiver", "WebhookService", "TWIML_EMPTY"]
 
@@ -37,6 +37,10 @@ log = Logger()
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 """Twilio's answer that sends nothing back."""
+
+
+Health = Mapping[str, Any] | Deferred[Mapping[str, Any]]
+"""Extra ``/healthz`` fields, now or later."""
 
 
 class TooLarge(Refused):
@@ -50,18 +54,19 @@ class _Unavailable(Refused):
 class Receiver:
     """The Klein app of the receiver.
 
-    ``journal`` has ``append(key, record) -> Deferred[Entry | None]``, ``writable()`` and
-    ``backlog``; ``on_accepted(entry)`` is called for each new (not duplicate) entry;
-    ``health()`` returns extra ``/healthz`` fields (a false boolean makes it answer 503).
+    ``store`` is the :class:`mup.store.MessageStore`; ``on_accepted(entry)`` is called for each
+    new (not duplicate) entry;
+    ``health()`` returns extra ``/healthz`` fields, or a Deferred of them (a false boolean makes
+    it answer 503; it is also called before ``/metrics``, to refresh its gauges).
     Secrets come from ``[sms.kannel] inbound_token`` and ``[sms.twilio] auth_token``."""
 
-    def __init__(self, config: Any, journal: Any, *,
-                 on_accepted: Callable[[Any], object] | None = None,
-                 health: Callable[[], Mapping[str, Any]] | None = None,
+    def __init__(self, config: Any, store: MessageStore, *,
+                 on_accepted: Callable[[Entry], object] | None = None,
+                 health: Callable[[], Health] | None = None,
                  clock: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        self.journal = journal
+        self.store = store
         self.on_accepted = on_accepted
         self.health = health or dict
         self.clock = clock
@@ -118,26 +123,26 @@ class Receiver:
     def _accept(self, request: Request, gateway: str, answer: bytes,
                 parse: Callable[[Posted], tuple[Any, str]]) -> Deferred[bytes] | bytes:
         """Check and parse synchronously (a refusal is answered at once), then answer once the
-        journal made the record durable.  One Deferred per request: this path runs for every
+        store committed the record.  One Deferred per request: this path runs for every
         post a gateway makes, so it keeps to plain callbacks (no coroutine)."""
         try:
             item, status = parse(self._posted(request))
-            key, record = inbound.journal_entry(item, status)
-            if not self.journal.writable():
+            key, record = to_record(item, status)
+            if not self.store.writable():
                 raise _Unavailable("the journal is not writable; try again later")
         except Refused as e:
             return self._refuse(request, e)
         # ``out`` is what Klein waits on; it cancels it when the gateway hangs up, which must
-        # leave the journal's write alone (the entry is delivered all the same).
+        # leave the store's write alone (the entry is delivered all the same).
         out: Deferred[bytes] = Deferred()
-        self.journal.append(key, record).addCallbacks(
+        self.store.append(key, record).addCallbacks(
             self._appended, self._append_failed,
             callbackArgs=(request, gateway, key, answer, out), errbackArgs=(request, key, out))
         return out
 
-    def _appended(self, entry: Any, request: Request, gateway: str, key: str, answer: bytes,
-                  out: Deferred[bytes]) -> None:
-        """The journal made it durable: count it, answer 2xx, then hand it on
+    def _appended(self, entry: Entry | None, request: Request, gateway: str, key: str,
+                  answer: bytes, out: Deferred[bytes]) -> None:
+        """The store committed it: count it, answer 2xx, then hand it on
         (``on_accepted``), so delivery's work on it does not delay the answer.  Hands on even
         when the gateway hung up meanwhile, as the entry must be delivered all the same."""
         if entry is None:
@@ -152,21 +157,22 @@ class Receiver:
             try:
                 self.on_accepted(entry)
             except Exception:
-                log.failure("on_accepted failed for {key} (it stays in the journal)", key=key)
+                log.failure("on_accepted failed for {key} (it stays in the store)", key=key)
 
     def _append_failed(self, failure: Failure, request: Request, key: str,
                        out: Deferred[bytes]) -> None:
-        if failure.check(JournalClosed):
+        if failure.check(StoreClosed):
             # Shutting down: whatever is still arriving gets a 503 and is posted again later.
             # One line says so, not a traceback per post.
             reason = "mup is shutting down; try again later"
             if not self._closing_said:
                 self._closing_said = True
-                log.info("The journal is closed (shutting down): posts still arriving are "
+                log.info("The store is closed (shutting down): posts still arriving are "
                          "answered 503, and the gateway posts them again")
         else:
             reason = "the journal is not writable; try again later"
-            log.failure("journal append failed for {key}", failure, key=key)
+            if not failure.check(StoreError):   # which the store logged, once, not per post
+                log.failure("storing {key} failed", failure, key=key)
         if not out.called:
             out.callback(self._refuse(request, _Unavailable(reason), quiet=True))
 
@@ -199,11 +205,24 @@ class Receiver:
 
     # Operations
 
-    def healthz(self, request: Request) -> bytes:
-        status: dict[str, Any] = {"journal_writable": bool(self.journal.writable()),
-                                  "backlog": int(self.journal.backlog)}
+    def healthz(self, request: Request) -> Deferred[bytes]:
+        """Whether the store takes messages, its backlog, and the ``health`` checks; 503 if a
+        check fails (a store that cannot be read counts as not writable)."""
+        return Deferred.fromCoroutine(self._healthz(request))
+
+    async def _healthz(self, request: Request) -> bytes:
+        status: dict[str, Any] = {"journal_writable": self.store.writable()}
         try:
-            status.update(self.health())
+            backlog = await self.store.backlog()
+        except StoreError as e:
+            log.error("cannot read the backlog: {why}", why=e)
+            status.update(journal_writable=False, backlog=None)
+        else:
+            status["backlog"] = backlog.count
+            status["oldest_waiting_age"] = None if backlog.oldest is None else round(
+                max(0.0, self._now() - backlog.oldest), 3)
+        try:
+            status.update(await maybeDeferred(self.health))
         except Exception:
             log.failure("health check failed")
             status["health_check"] = False
@@ -213,8 +232,16 @@ class Receiver:
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(status, sort_keys=True).encode("utf-8") + b"\n"
 
-    def metrics(self, request: Request) -> bytes:
-        metrics.backlog.set(self.journal.backlog)
+    def metrics(self, request: Request) -> Deferred[bytes]:
+        """Prometheus metrics, the backlog (and the ``health`` hook's gauges) read first."""
+        return Deferred.fromCoroutine(self._metrics(request))
+
+    async def _metrics(self, request: Request) -> bytes:
+        try:
+            metrics.backlog.set((await self.store.backlog()).count)
+            await maybeDeferred(self.health)
+        except Exception as e:  # noqa: BLE001 - the figures are stale, the rest still useful
+            log.error("metrics: cannot refresh the backlog: {why}", why=e)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
 
@@ -249,21 +276,6 @@ def _limited_request(max_body: int) -> type[Request]:
     return type("LimitedRequest", (_LimitedRequest,), {"max_body": max_body})
 
 
-_frozen = False
-
-
-def _freeze_start_up_heap() -> None:
-    """Once per process, when the receiver starts listening: move what start-up built (modules,
-    the journal's recovered backlog) out of the cyclic collector's reach (``gc.freeze``).  It
-    lives as long as the process, yet every full collection, which the accept path's
-    allocations trigger now and then, would walk it again: tens of milliseconds with the
-    reactor stopped, the receiver's p99.  Frozen objects are still freed by reference count."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
-
-
 class WebhookService(Service):
     """Listens on a Twisted server endpoint string (``tcp:port=8080:interface=127.0.0.1``,
     ``ssl:...``) with ``site``; ``listening`` fires with the port (tests read the number)."""
@@ -282,7 +294,6 @@ class WebhookService(Service):
 
         def listened(port: IListeningPort) -> None:
             self.port = port
-            _freeze_start_up_heap()
             log.info("webhook receiver listening on {address}", address=port.getHost())
             self.listening.callback(port)
 
@@ -295,7 +306,7 @@ class WebhookService(Service):
         d.addCallbacks(listened, failed)
         if failure:
             self.listening.addErrback(lambda f: None)
-            # twistd gives up on this exception, but threads started before (the journal's
+            # twistd gives up on this exception, but threads started before (the store's
             # writer) would keep the process alive: run the shutdown triggers that stop them.
             if not getattr(self.reactor, "running", True):
                 try:

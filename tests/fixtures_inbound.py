@@ -10,9 +10,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from mup.config import parse
 from mup.directory import Person
-from mup.journal import JournalClosed
+from mup.store import Backlog, StoreClosed, StoreError
 
-__all__ = ["FakeDirectory", "FakeIRC", "FakeJournal", "JEntry", "JOE", "NIEMEYER",
+__all__ = ["FakeDirectory", "FakeIRC", "FakeStore", "JEntry", "JOE", "NIEMEYER",
            "inbound_config", "make_config"]
 
 KANNEL_TOKEN = "kannel-secret"
@@ -57,9 +57,9 @@ class JEntry:
 
 
 @dataclass
-class FakeJournal:
-    """The journal contract in memory: append dedupes keys; ``hold`` keeps appends unfired
-    (as if fsync had not returned yet); ``broken`` makes them fail."""
+class FakeStore:
+    """The MessageStore contract in memory: append dedupes keys; ``hold`` keeps appends
+    unfired (as if the commit had not returned yet); ``broken`` makes them fail."""
 
     entries: dict[str, JEntry] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
@@ -67,43 +67,70 @@ class FakeJournal:
     broken: bool = False
     is_writable: bool = True
     held: list[Deferred] = field(default_factory=list)
+    subscribers: list[Any] = field(default_factory=list)
+    epoch: str = "e1"
+    clock: Any = None
 
     closed: bool = False
 
     def append(self, key: str, record: dict) -> Deferred:
         if self.closed:
-            return fail(JournalClosed("the journal was closed"))
+            return fail(StoreClosed("the store was closed"))
         if self.broken:
-            return fail(OSError(28, "No space left on device"))
+            return fail(StoreError("database or disk is full"))
         if key in self.entries:
             return succeed(None)
-        entry = JEntry(len(self.entries) + 1, key, record)
+        entry = JEntry(len(self.entries) + 1, key, record,
+                       self.clock.seconds() if self.clock is not None else 0.0)
         self.entries[key] = entry
         if self.hold:
             d: Deferred = Deferred()
             self.held.append((d, entry))
             return d
+        self._notify()
         return succeed(entry)
+
+    def _notify(self) -> None:
+        for callback in list(self.subscribers):
+            callback()
 
     def release(self) -> None:
         held, self.held = self.held, []
         for d, entry in held:
             d.callback(entry)
+        self._notify()
 
-    def mark_done(self, seq: int) -> Deferred:
-        self.done.add(seq)
+    def mark_done(self, seqs: Any) -> Deferred:
+        self.done.update(seqs)
         return succeed(None)
 
-    def pending(self) -> list[JEntry]:
+    def _pending(self) -> list[JEntry]:
+        held = {id(e) for _, e in self.held}
         return [e for e in sorted(self.entries.values(), key=lambda e: e.seq)
-                if e.seq not in self.done]
+                if e.seq not in self.done and id(e) not in held]
 
-    @property
-    def backlog(self) -> int:
-        return len(self.pending())
+    def pending(self, after: int = 0, limit: int | None = None) -> Deferred:
+        entries = [e for e in self._pending() if e.seq > after]
+        return succeed(entries if limit is None else entries[:limit])
+
+    def lookup(self, keys: Any) -> Deferred:
+        pending = {e.key: e.seq for e in self._pending()}
+        return succeed({k: pending[k] for k in keys if k in pending})
+
+    def backlog(self) -> Deferred:
+        pending = self._pending()
+        return succeed(Backlog(len(pending), min((e.appended for e in pending), default=None)))
 
     def writable(self) -> bool:
         return self.is_writable
+
+    def subscribe(self, callback: Any) -> Any:
+        self.subscribers.append(callback)
+        return lambda: self.subscribers.remove(callback)
+
+    def close(self) -> Deferred:
+        self.closed = True
+        return succeed(None)
 
 
 NIEMEYER = Person("niemeyer", "Gustavo Niemeyer", "n@example.com",

@@ -1,16 +1,20 @@
-"""Crash safety: ``kill -9`` the real bot mid-stream, several times; nothing answered 2xx is lost.
+"""Crash safety: ``kill -9`` the real bot at random moments, five times; nothing answered 2xx
+is lost.
 
-Four senders post a stream of Kannel MOs (each sender one at a time, retrying like Kannel does
-until it gets a 2xx) while another thread ``kill -9``s the bot (``twistd -n mup``) and starts it
-again on the same journal.  A client in the channel records what appears.  Every message that got
-a 2xx must appear; a message may appear twice only if it was in flight at a kill (delivered to
-IRC but not yet marked done), so at most one per sender per kill; and each sender's messages
-first appear in the order they were posted.
+Four senders post a stream of Kannel MOs (each sender one at a time, at a random pace,
+retrying like Kannel does until it gets a 2xx) while another thread ``kill -9``s the bot
+(``twistd -n mup``, default flood control on a default ngircd) at random moments and starts it
+again on the same message store.  A client in the channel records what appears.  Every message
+that got a 2xx must appear, and each sender's messages first appear in the order they were
+posted.  A message may appear twice (in flight at a kill: shown, not yet marked done); how many
+is not asserted here (see issue 13.1).
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import random
 import re
 import threading
 import time
@@ -21,8 +25,8 @@ from mup.testing.process import free_port, taken_port, wait_for
 
 TOKEN = "crash-token"
 SENDERS = ["+15555550101", "+15555550102", "+15555550103", "+15555550104"]
-PER_SENDER = 40
-KILLS = 3
+PER_SENDER = 10
+KILLS = 5
 
 
 def post(port: int, sender: str, message_id: str, text: str) -> int | None:
@@ -38,11 +42,14 @@ def post(port: int, sender: str, message_id: str, text: str) -> int | None:
         conn.close()
 
 
-def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_path):
+def test_kill_9_at_random_moments_loses_nothing(ngircd, irc_client, run_bot, tmp_path):
+    seed = int(os.environ.get("MUP_CRASH_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"MUP_CRASH_SEED={seed}")
     port = free_port()
     config = {
-        "irc": {"endpoint": ngircd_fast.endpoint, "nick": "mup", "channels": ["#ops"],
-                "line_rate": 0.0, "reconnect_max_delay": 0.5},
+        "irc": {"endpoint": ngircd.endpoint, "nick": "mup", "channels": ["#ops"],
+                "reconnect_max_delay": 0.5},
         "sms.kannel": {"inbound_token": TOKEN},
         "webhook": {"endpoint": f"tcp:port={port}:interface=127.0.0.1",
                     "journal": str(tmp_path / "journal")},
@@ -50,10 +57,11 @@ def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_p
         "state": {"directory": str(tmp_path / "state")},
     }
     bots = [run_bot(config)]
-    watcher = irc_client(ngircd_fast.port, "watcher")
+    watcher = irc_client(ngircd.port, "watcher")
     watcher.join("#ops")
 
     acked: dict[str, list[str]] = {s: [] for s in SENDERS}
+    pauses = {s: [rng.uniform(0, 0.8) for _ in range(PER_SENDER)] for s in SENDERS}
 
     def sender_loop(n: int, sender: str) -> None:
         for i in range(PER_SENDER):
@@ -61,20 +69,21 @@ def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_p
             while post(port, sender, message_id, text) != 200:
                 time.sleep(0.02)      # the bot is down or restarting: retry, like Kannel
             acked[sender].append(f"s{n} m{i:03d}")
+            time.sleep(pauses[sender][i])
 
     threads = [threading.Thread(target=sender_loop, args=(n, s), daemon=True)
                for n, s in enumerate(SENDERS)]
     for t in threads:
         t.start()
-    for k in range(KILLS):
-        # Kill while the stream flows: after roughly a quarter more of it was answered.
-        target = (k + 1) * len(SENDERS) * PER_SENDER // (KILLS + 1)
-        wait_for(lambda target=target: sum(map(len, acked.values())) >= target, 60,
-                 "messages to be answered")
+    # Random moments over the posting and the draining (1 line/s): while posts arrive,
+    # while the backlog is shown, while the bot starts up again.
+    started = time.monotonic()
+    for moment in sorted(rng.uniform(0.3, 25.0) for _ in range(KILLS)):
+        time.sleep(max(0.0, started + moment - time.monotonic()))
         bots[-1].kill()
         bots.append(run_bot(config, wait=False))
     for t in threads:
-        t.join(90)
+        t.join(120)
     assert all(len(v) == PER_SENDER for v in acked.values())
 
     expected = {m for v in acked.values() for m in v}
@@ -96,22 +105,19 @@ def test_kill_9_mid_stream_loses_nothing(ngircd_fast, irc_client, run_bot, tmp_p
         m = pattern.search(raw.decode("utf-8", "replace").rstrip("\r\n"))
         if m:
             shown.append(m.group(1))
-    wait_for(collect, 60, "every answered message to appear on IRC", interval=0)
-    time.sleep(0.5)
-    collect()
+    wait_for(collect, 240, "every answered message to appear on IRC", interval=0)
 
     missing = expected - set(shown)
-    assert not missing, f"lost: {sorted(missing)}"
-    twice = {m: c for m, c in Counter(shown).items() if c > 1}
-    assert len(twice) <= KILLS * len(SENDERS), f"too many duplicates: {twice}"
+    assert not missing, f"lost: {sorted(missing)} (MUP_CRASH_SEED={seed})"
     for n in range(len(SENDERS)):
         firsts = list(dict.fromkeys(m for m in shown if m.startswith(f"s{n} ")))
-        assert firsts == sorted(firsts), f"sender {n} out of order: {firsts}"
+        assert firsts == sorted(firsts), f"sender {n} out of order: {firsts} (seed {seed})"
+    twice = {m: c for m, c in Counter(shown).items() if c > 1}
     print(f"{len(expected)} messages, {KILLS} kills, {len(twice)} shown twice: {sorted(twice)}")
 
 
 def test_a_webhook_port_in_use_stops_the_bot_at_once(tmp_path):
-    """Not a hang: the journal's writer thread, started before, must not keep twistd alive."""
+    """Not a hang: the store's threads, started before, must not keep twistd alive."""
     import subprocess
 
     from mup.testing.process import twistd_argv

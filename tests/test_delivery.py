@@ -3,8 +3,10 @@ retries, hints."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from fixtures_inbound import JOE, NIEMEYER, FakeDirectory, FakeIRC, FakeJournal
+from fixtures_inbound import JOE, NIEMEYER, FakeDirectory, FakeIRC, FakeStore
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -12,8 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.delivery import LINE_BYTES, Delivery, format_lines
-from mup.gateway import DeliveryReport, InboundSMS
-from mup.gateways.inbound import journal_entry
+from mup.gateway import DeliveryReport, InboundSMS, to_record
 from mup.irc import NotDelivered
 from mup.routes import ReplyRoutes
 from mup.routing import Route, Router
@@ -72,7 +73,7 @@ class Harness:
     def __init__(self, tmp_path, journal=None, reports=None) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.journal = journal if journal is not None else FakeJournal()
+        self.store = journal if journal is not None else FakeStore()
         self.irc = DroppingIRC(present=("alice",))
         self.routes = ReplyRoutes(MemoryStateStore(), 12 * 3600, self.clock)
         self.router = Router(channels=["#ops", "#dev"], default_channel="#ops",
@@ -80,7 +81,7 @@ class Harness:
                              directory=FakeDirectory([NIEMEYER, JOE]), routes=self.routes,
                              is_present=self.irc.is_present)
         self.acked: list = []
-        self.delivery = Delivery(self.journal, self.irc, self.router, clock=self.clock,
+        self.delivery = Delivery(self.store, self.irc, self.router, clock=self.clock,
                                  reports=reports, on_delivered=self.acked.append, prefix="@")
         self.n = 0
 
@@ -89,9 +90,9 @@ class Harness:
 
     def post(self, sender: str, text: str, accept: bool = True):
         self.n += 1
-        key, record = journal_entry(InboundSMS("kannel", f"m{self.n}", sender, "4242", text,
+        key, record = to_record(InboundSMS("kannel", f"m{self.n}", sender, "4242", text,
                                                self.clock.seconds()))
-        entry = _sync.successResultOf(self.journal.append(key, record))
+        entry = _sync.successResultOf(self.store.append(key, record))
         if accept:
             self.delivery.accept(entry)
         return entry
@@ -111,7 +112,7 @@ def test_channel_message_format_and_hint(h: Harness) -> None:
     entry = h.post(N, "#ops Flight delayed, there in 5.")
     assert h.irc.shown == [("#ops", "[SMS] <niemeyer> Flight delayed, there in 5."),
                            ("#ops", "Answer with: @sms niemeyer <message>")]
-    assert h.journal.done == {entry.seq} and h.acked == [entry]
+    assert h.store.done == {entry.seq} and h.acked == [entry]
 
 
 def test_hint_once_per_conversation(h: Harness) -> None:
@@ -169,16 +170,16 @@ def test_a_lane_that_breaks_is_tried_again(h: Harness, monkeypatch) -> None:
     real = mup.delivery.format_lines
     monkeypatch.setattr(mup.delivery, "format_lines", broken)
     entry = h.post(N, "#ops after a bug")
-    assert h.irc.shown == [] and h.journal.done == set()
+    assert h.irc.shown == [] and h.store.done == set()
     h.clock.advance(h.delivery.max_backoff)
     assert h.lines("#ops")[0] == "[SMS] <niemeyer> after a bug"
-    assert h.journal.done == {entry.seq}
+    assert h.store.done == {entry.seq}
 
 
 def test_mms_media_is_mentioned(h: Harness) -> None:
-    key, record = journal_entry(InboundSMS("twilio", "MM1", N, "4242", "#ops look", 0.0,
+    key, record = to_record(InboundSMS("twilio", "MM1", N, "4242", "#ops look", 0.0,
                                            {"media": "2"}))
-    h.delivery.accept(_sync.successResultOf(h.journal.append(key, record)))
+    h.delivery.accept(_sync.successResultOf(h.store.append(key, record)))
     assert h.lines("#ops")[:2] == ["[SMS] <niemeyer> look",
                                    "(with 2 picture(s) or other media, not shown here)"]
 
@@ -197,12 +198,12 @@ def test_waits_while_irc_is_down_then_in_order(h: Harness) -> None:
     for i in range(3):
         h.post(N, f"#ops n{i}")
     h.post(J, "#ops j0")
-    assert h.irc.shown == [] and h.journal.done == set()
+    assert h.irc.shown == [] and h.store.done == set()
     h.irc.connect()
     assert [line for line in h.lines("#ops") if "n" in line.split("> ")[-1][:1]] == [
         "[SMS] <niemeyer> n0", "[SMS] <niemeyer> n1", "[SMS] <niemeyer> n2"]
     assert "[SMS] <joe> j0" in h.lines("#ops")
-    assert len(h.journal.done) == 4
+    assert len(h.store.done) == 4
 
 
 def texts(pairs) -> list[str]:
@@ -219,11 +220,11 @@ def test_pipelined_per_sender_side_by_side_across_senders(h: Harness) -> None:
     h.post(N, "#ops n3")
     # All handed to IRC before the first PONG, in order per sender.
     assert texts(h.irc.held) == ["n1", "n2", "j1", "n3"]
-    assert h.journal.done == set() and h.acked == []
+    assert h.store.done == set() and h.acked == []
     h.irc.confirm(2)
-    assert h.journal.done == {1, 2} and [e.seq for e in h.acked] == [1, 2]
+    assert h.store.done == {1, 2} and [e.seq for e in h.acked] == [1, 2]
     h.irc.confirm()
-    assert h.journal.done == {1, 2, 3, 4} and [e.seq for e in h.acked] == [1, 2, 3, 4]
+    assert h.store.done == {1, 2, 3, 4} and [e.seq for e in h.acked] == [1, 2, 3, 4]
 
 
 def test_pipeline_is_bounded(h: Harness) -> None:
@@ -243,9 +244,9 @@ def test_done_and_on_delivered_in_order_each_once_confirmed(h: Harness) -> None:
     h.irc.mode = "hold"
     e1, e2, e3 = (h.post(N, f"#ops m{i}") for i in range(3))
     h.irc.held[1][0].callback(None)   # m1's confirmation first (not what a server does)
-    assert h.journal.done == set() and h.acked == []
+    assert h.store.done == set() and h.acked == []
     h.irc.held[0][0].callback(None)
-    assert h.journal.done == {e1.seq, e2.seq} and h.acked == [e1, e2]
+    assert h.store.done == {e1.seq, e2.seq} and h.acked == [e1, e2]
     h.irc.held[2][0].callback(None)
     assert h.acked == [e1, e2, e3]
 
@@ -256,7 +257,7 @@ def test_drop_mid_pipeline_resends_the_unconfirmed_in_order(h: Harness) -> None:
     h.post(J, "#ops j0")
     h.irc.confirm(1)                  # m0 confirmed
     h.irc.drop(shown=2)               # m1 and m2 reached the channel, their PONG did not
-    assert h.journal.done == {entries[0].seq} and h.acked == [entries[0]]
+    assert h.store.done == {entries[0].seq} and h.acked == [entries[0]]
     h.post(N, "#ops m5")              # newer: must come after every resent one
     h.irc.attempts.clear()
     h.clock.advance(0.5)
@@ -264,23 +265,23 @@ def test_drop_mid_pipeline_resends_the_unconfirmed_in_order(h: Harness) -> None:
     h.irc.connect()
     sent = texts((t, lines) for t, lines in h.irc.attempts)
     assert [t for t in sent if t != "j0"] == ["m1", "m2", "m3", "m4", "m5"] and "j0" in sent
-    assert h.journal.done == {entries[0].seq}
+    assert h.store.done == {entries[0].seq}
     h.irc.confirm()
     assert [e.record["text"] for e in h.acked if e.record["from"] == N] == [
         f"#ops m{i}" for i in range(6)]
     assert [t for t in texts(h.irc.confirmed) if t != "j0"] == [f"m{i}" for i in range(6)]
-    assert len(h.journal.done) == 7
+    assert len(h.store.done) == 7
 
 
 def test_not_waiting_for_the_journal_fsync(h: Harness) -> None:
     fsyncs: list[Deferred] = []
 
     def mark_done(seq: int) -> Deferred:
-        h.journal.done.add(seq)
+        h.store.done.add(seq)
         fsyncs.append(Deferred())
         return fsyncs[-1]
 
-    h.journal.mark_done = mark_done
+    h.store.mark_done = mark_done
     entries = [h.post(N, f"#ops m{i}") for i in range(3)]
     assert texts(h.irc.shown) == ["m0", "m1", "m2"] and h.acked == entries
     assert not any(d.called for d in fsyncs)
@@ -317,15 +318,15 @@ def test_refused_mid_pipeline_falls_back_in_order(h: Harness) -> None:
 def test_not_delivered_is_retried_and_not_marked_done(h: Harness) -> None:
     h.irc.mode = "fail"
     entry = h.post(N, "#ops retry me")
-    assert len(h.irc.attempts) == 1 and h.journal.done == set()
+    assert len(h.irc.attempts) == 1 and h.store.done == set()
     h.clock.advance(0.5)
     assert len(h.irc.attempts) == 2
     h.clock.advance(1)
-    assert len(h.irc.attempts) == 3 and h.journal.done == set()
+    assert len(h.irc.attempts) == 3 and h.store.done == set()
     h.irc.mode = "confirm"
     h.clock.advance(2)
     assert h.lines("#ops")[0] == "[SMS] <niemeyer> retry me"
-    assert h.journal.done == {entry.seq}
+    assert h.store.done == {entry.seq}
 
 
 def test_backlog_from_before_is_delivered_at_start(tmp_path) -> None:
@@ -335,6 +336,29 @@ def test_backlog_from_before_is_delivered_at_start(tmp_path) -> None:
     assert h.irc.shown == []
     h.start()
     assert h.lines("#ops")[0::2] == ["[SMS] <niemeyer> old one", "[SMS] <joe> old two"]
+
+
+def test_a_large_backlog_is_read_a_page_at_a_time_in_order(tmp_path, monkeypatch) -> None:
+    import mup.delivery
+
+    monkeypatch.setattr(mup.delivery, "PAGE", 5)
+    h = Harness(tmp_path)
+    reads: list[tuple[int, int | None]] = []
+    pending = h.store.pending
+
+    def paged(after: int = 0, limit: int | None = None) -> Any:
+        reads.append((after, limit))
+        return pending(after, limit)
+
+    h.store.pending = paged
+    for i in range(12):
+        h.post(N if i % 2 else J, f"#ops old {i}", accept=False)
+    h.start()
+    assert reads == [(0, 5), (5, 5), (10, 5)]
+    shown = [line for line in h.lines("#ops") if line.startswith("[SMS]")]
+    assert [line.rsplit(" ", 1)[1] for line in shown if "<joe>" in line] == [
+        str(i) for i in range(0, 12, 2)]
+    assert len(shown) == 12
 
 
 def test_wake_finds_entries_appended_by_others_once(h: Harness) -> None:
@@ -358,33 +382,33 @@ def test_reports_go_to_the_sender_best_effort(tmp_path) -> None:
     h = Harness(tmp_path, reports=reports)
     h.start()
     for status, state in (("8", "pending"), ("1", "delivered")):
-        key, record = journal_entry(DeliveryReport("kannel", "ref1", state), status)
-        h.delivery.accept(_sync.successResultOf(h.journal.append(key, record)))
+        key, record = to_record(DeliveryReport("kannel", "ref1", state), status)
+        h.delivery.accept(_sync.successResultOf(h.store.append(key, record)))
     assert [r.state for r in told] == ["pending", "delivered"]
     assert h.irc.shown == [("joe", "SMS to niemeyer delivered.")]
-    assert len(h.journal.done) == 2
+    assert len(h.store.done) == 2
 
 
 def test_report_gives_up_after_a_few_tries(tmp_path) -> None:
     h = Harness(tmp_path, reports=lambda r: ("joe", "SMS to niemeyer delivered."))
     h.start()
     h.irc.mode = "fail"
-    key, record = journal_entry(DeliveryReport("kannel", "ref1", "delivered"), "1")
-    h.delivery.accept(_sync.successResultOf(h.journal.append(key, record)))
+    key, record = to_record(DeliveryReport("kannel", "ref1", "delivered"), "1")
+    h.delivery.accept(_sync.successResultOf(h.store.append(key, record)))
     h.clock.pump([1, 2, 4])
-    assert len(h.irc.attempts) == 3 and len(h.journal.done) == 1
+    assert len(h.irc.attempts) == 3 and len(h.store.done) == 1
 
 
 def test_unreadable_record_is_skipped(h: Harness) -> None:
-    entry = _sync.successResultOf(h.journal.append("x:1", {"kind": "weird"}))
+    entry = _sync.successResultOf(h.store.append("x:1", {"kind": "weird"}))
     h.delivery.accept(entry)
-    assert h.irc.shown == [] and h.journal.done == {entry.seq}
+    assert h.irc.shown == [] and h.store.done == {entry.seq}
 
 
 def test_dropped_sender_is_marked_done(h: Harness) -> None:
     h.router.unknown_senders = "drop"
     entry = h.post(STRANGER, "#ops spam")
-    assert h.irc.attempts == [] and h.journal.done == {entry.seq}
+    assert h.irc.attempts == [] and h.store.done == {entry.seq}
 
 
 def test_stop_while_waiting_for_irc(h: Harness) -> None:
@@ -392,7 +416,7 @@ def test_stop_while_waiting_for_irc(h: Harness) -> None:
     h.post(N, "#ops later")
     h.delivery.stopService()
     h.irc.connect()
-    assert h.irc.shown == [] and h.journal.done == set()
+    assert h.irc.shown == [] and h.store.done == set()
 
 
 def test_note_for_unknown_channel() -> None:
@@ -418,38 +442,48 @@ def test_target_irc_refuses_goes_to_the_default_channel(h: Harness) -> None:
     entry = h.post(STRANGER, "hello")
     assert h.lines("#ops") == ["[SMS] <+44 **** **3999> hello",
                                "(for not a nick, who cannot be messaged)"]
-    assert h.journal.done == {entry.seq}
+    assert h.store.done == {entry.seq}
 
 
-# With the real journal: what IRC did not confirm before a crash is shown after it, once.
+# With the real store: what IRC did not confirm before a crash is shown after it, once.
 
-def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
-    from mup.journal import Journal
+def test_real_store_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
+    from mup.store.sqlite import SQLiteMessageStore
+
+    def backlog(store) -> int:
+        d = store.backlog()
+        clock.advance(0)
+        return _sync.successResultOf(d).count
+
+    def pending(store) -> list:
+        d = store.pending()
+        clock.advance(0)
+        return _sync.successResultOf(d)
 
     clock = Clock()
-    journal = Journal.open(str(tmp_path / "journal"), reactor=clock)
-    h = Harness(tmp_path, journal=journal)
+    store = SQLiteMessageStore.open(str(tmp_path / "journal"), clock)
+    h = Harness(tmp_path, journal=store)
     h.clock = clock
     h.delivery.clock = clock
     h.start()
     h.irc.mode = "hold"
     entries = []
     for i in range(4):
-        key, record = journal_entry(InboundSMS("kannel", f"id{i}", N if i < 3 else J, "4242",
-                                               f"#ops m{i}", clock.seconds()))
-        d = journal.append(key, record)
+        key, record = to_record(InboundSMS("kannel", f"id{i}", N if i < 3 else J, "4242",
+                                           f"#ops m{i}", clock.seconds()))
+        d = store.append(key, record)
         clock.advance(0)
         entries.append(_sync.successResultOf(d))
         h.delivery.accept(entries[-1])
-    duplicate = journal.append(key, record)   # a retried post
+    duplicate = store.append(key, record)   # a retried post
     clock.advance(0)
     assert _sync.successResultOf(duplicate) is None
     h.irc.confirm(1)          # m0 confirmed (and marked done)
     clock.advance(0)
-    assert journal.backlog == 3
+    assert backlog(store) == 3
     # m1, m2 (niemeyer, pipelined) and m3 (joe) are in flight: crash now.
-    survivors = Journal.open(str(tmp_path / "journal"), reactor=clock)
-    assert [e.record["text"] for e in survivors.pending()] == ["#ops m1", "#ops m2", "#ops m3"]
+    survivors = SQLiteMessageStore.open(str(tmp_path / "journal"), clock)
+    assert [e.record["text"] for e in pending(survivors)] == ["#ops m1", "#ops m2", "#ops m3"]
     h2 = Harness(tmp_path, journal=survivors)
     h2.delivery.clock = clock
     h2.start()
@@ -457,9 +491,11 @@ def test_real_journal_redelivers_only_what_was_unconfirmed(tmp_path) -> None:
     assert [line for line in h2.lines("#ops") if line.startswith("[SMS]")] == [
         "[SMS] <niemeyer> m1", "[SMS] <niemeyer> m2", "[SMS] <joe> m3"]
     clock.advance(0)
-    assert survivors.backlog == 0
-    third = Journal.open(str(tmp_path / "journal"), reactor=clock)
-    assert third.pending() == []
+    assert backlog(survivors) == 0
+    third = SQLiteMessageStore.open(str(tmp_path / "journal"), clock)
+    assert pending(third) == []
+    for s in (store, survivors, third):
+        s.close()
 
 
 # Property: whatever IRC does (down, failing, slow, dropping the connection mid-pipeline),
@@ -512,8 +548,8 @@ def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, scri
             h.clock.advance(arg)
         # Marked done only once its delivery was confirmed.
         confirmed = set(texts(h.irc.confirmed))
-        for entry in h.journal.entries.values():
-            if entry.seq in h.journal.done:
+        for entry in h.store.entries.values():
+            if entry.seq in h.store.done:
                 assert entry.record["text"].split(" ", 1)[1] in confirmed
     # Let everything through.
     h.irc.mode = "confirm"
@@ -528,7 +564,7 @@ def test_property_every_message_shown_in_order_per_sender(tmp_path_factory, scri
         acked = [e.record["text"].split(" ", 2)[2] for e in h.acked
                  if e.record["from"] == senders[n]]
         assert acked == sent
-    assert len(h.journal.done) == sum(map(len, posted.values()))
+    assert len(h.store.done) == sum(map(len, posted.values()))
 
 
 # With the real IRC protocol on a StringTransport: the pipeline shares PINGs behind flood
@@ -574,20 +610,20 @@ class Wire:
         self.protocol.connectionLost(Failure(ConnectionError("gone")))
 
 
-def wire_delivery(tmp_path, wire: Wire) -> tuple[Delivery, FakeJournal, list]:
+def wire_delivery(tmp_path, wire: Wire) -> tuple[Delivery, FakeStore, list]:
     router = Router(channels=["#ops"], default_channel="#ops", unknown_senders="mask",
                     region="GB", directory=FakeDirectory([NIEMEYER, JOE]),
                     routes=ReplyRoutes(MemoryStateStore(), 12 * 3600, wire.clock),
                     is_present=wire.service.is_present)
-    journal, acked = FakeJournal(), []
+    journal, acked = FakeStore(), []
     delivery = Delivery(journal, wire.service, router, clock=wire.clock, hint=False,
                         on_delivered=acked.append)
     delivery.startService()
     return delivery, journal, acked
 
 
-def wire_post(delivery: Delivery, journal: FakeJournal, clock: Clock, text: str):
-    key, record = journal_entry(InboundSMS("kannel", text, N, "4242", f"#ops {text}",
+def wire_post(delivery: Delivery, journal: FakeStore, clock: Clock, text: str):
+    key, record = to_record(InboundSMS("kannel", text, N, "4242", f"#ops {text}",
                                            clock.seconds()))
     entry = _sync.successResultOf(journal.append(key, record))
     delivery.accept(entry)

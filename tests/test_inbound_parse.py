@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mup.gateway import DeliveryReport, InboundSMS
+from mup.gateway import DeliveryReport, InboundSMS, from_record, to_record
 from mup.gateways.inbound import (
     Forbidden,
     Malformed,
@@ -16,8 +16,6 @@ from mup.gateways.inbound import (
     PostRefused,
     check_twilio_signature,
     decode_text,
-    from_record,
-    journal_entry,
     kannel_dlr,
     kannel_mo,
     twilio_signature,
@@ -77,10 +75,10 @@ def test_decode_text(raw: bytes, charset: str, coding: str, text: str) -> None:
 
 def test_records_round_trip() -> None:
     sms = InboundSMS("kannel", "id1", "+1555", "4242", "hi\r\n", 12.5, {"coding": "0"})
-    key, record = journal_entry(sms)
+    key, record = to_record(sms)
     assert key == "kannel:id1" and from_record(record) == sms
     report = DeliveryReport("twilio", "SM1", "failed", "Twilio error 30003")
-    key, record = journal_entry(report, "undelivered")
+    key, record = to_record(report, "undelivered")
     assert key == "twilio:report:SM1:undelivered" and from_record(record) == report
     with pytest.raises(ValueError):
         from_record({"kind": "sms"})
@@ -130,7 +128,7 @@ def test_fuzz_kannel_mo(posted: Posted) -> None:
         return
     assert isinstance(sms.text, str)
     _no_control_in_ids(sms)
-    key, record = journal_entry(sms)
+    key, record = to_record(sms)
     assert from_record(record) == sms
 
 

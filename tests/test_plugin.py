@@ -50,9 +50,11 @@ def test_config_error_found_while_building_is_one_clear_line(tmp_path):
 
 
 def test_a_journal_in_use_is_one_clear_line(tmp_path):
-    from mup.journal import Journal
+    from twisted.internet.task import Clock
 
-    journal = Journal.open(str(tmp_path / "inbound"), threaded=False)
+    from mup.store.sqlite import SQLiteMessageStore
+
+    journal = SQLiteMessageStore.open(str(tmp_path / "inbound"), Clock())
     path = tmp_path / "mup.toml"
     path.write_text(f'[irc]\nchannels = ["#ops"]\n'
                     f'[webhook]\nendpoint = "tcp:port=0:interface=127.0.0.1"\n'
@@ -62,8 +64,8 @@ def test_a_journal_in_use_is_one_clear_line(tmp_path):
     finally:
         journal.close()
     assert result.returncode != 0
-    assert result.stderr.startswith("mup: "), result.stderr
-    assert f"pid {os.getpid()}" in result.stderr, result.stderr
+    assert result.stderr == (f"mup: {tmp_path / 'inbound' / 'inbound.sqlite3'} is in use by "
+                             f"another process (pid {os.getpid()})\n"), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -1,5 +1,5 @@
 """The relay's pull protocol, in memory: StubTreq against the Klein resource, task.Clock for
-the long poll, the journal contract (FakeJournal) underneath."""
+the long poll, the store contract (FakeStore) underneath."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from fixtures_inbound import KANNEL_TOKEN, FakeJournal, JEntry, make_config
+from fixtures_inbound import KANNEL_TOKEN, FakeStore, JEntry, make_config
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from mup.config import ConfigError
 from mup.relay import CursorError, Relay, format_cursor, parse_cursor
+from mup.store import StoreError
 from mup.webhook import Receiver
 
 TOKEN = "relay-secret"
@@ -22,28 +23,27 @@ BASE = "http://relay.example"
 
 
 class Harness:
-    """A relay over a journal, with the receiver beside it, reachable through StubTreq."""
+    """A relay over a store, with the receiver beside it, reachable through StubTreq."""
 
-    def __init__(self, poll_timeout: float = 30.0, journal: FakeJournal | None = None) -> None:
+    def __init__(self, poll_timeout: float = 30.0, store: FakeStore | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.journal = journal or FakeJournal()
-        self.relay = Relay(self.journal, TOKEN, poll_timeout, self.clock, epoch="e1")
-        receiver = Receiver(make_config(relay={"token": TOKEN}), self.journal,
-                            on_accepted=self.relay.accepted, health=self.relay.health,
-                            clock=self.clock)
+        self.store = store or FakeStore(clock=self.clock)
+        self.relay = Relay(self.store, TOKEN, poll_timeout, self.clock)
+        receiver = Receiver(make_config(relay={"token": TOKEN}), self.store,
+                            health=self.relay.health, clock=self.clock)
         self.http = StubTreq(self.relay.resource(receiver.resource()))
 
     def add(self, n: int) -> list[JEntry]:
-        """``n`` messages accepted as the receiver would: journaled, then ``on_accepted``."""
+        """``n`` messages accepted as the receiver would: stored (the store tells the relay)."""
         out = []
         for _ in range(n):
-            i = len(self.journal.entries) + 1
-            entry = self.journal.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"}).result
-            entry.appended = self.clock.seconds()
-            self.relay.accepted(entry)
-            out.append(entry)
+            i = len(self.store.entries) + 1
+            out.append(self.store.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"}).result)
         return out
+
+    def backlog(self) -> int:
+        return self.store.backlog().result.count
 
     def request(self, method: str, path: str, headers: Any = AUTH, **kw: Any) -> Any:
         d = self.http.request(method, BASE + path, headers=headers, **kw)
@@ -96,12 +96,12 @@ def test_wrong_or_missing_token_is_401(h: Harness, headers: Any, method: str, pa
                                     if method == "POST" else None))
     assert code == 401
     assert body == b"missing or wrong bearer token\n"
-    assert h.journal.done == set()
+    assert h.store.done == set()
 
 
 def test_relay_refuses_to_run_without_a_token() -> None:
     with pytest.raises(ConfigError, match="token"):
-        Relay(FakeJournal(), "", 30, Clock())
+        Relay(FakeStore(), "", 30, Clock())
 
 
 # -- cursors -----------------------------------------------------------------------------------
@@ -111,7 +111,6 @@ def test_relay_refuses_to_run_without_a_token() -> None:
     ("e1-", "garbled cursor"),
     ("-5", "garbled cursor"),
     ("e1-x5", "garbled cursor"),
-    ("e1-99", "beyond the relay's last message 3"),
     ("e1-" + "9" * 40, "garbled cursor"),
     ("e0-2", "expired cursor"),
     ("\x00\xff-1", "expired cursor"),
@@ -136,10 +135,10 @@ def test_bad_parameters_are_400(h: Harness, params: dict, reason: str) -> None:
 
 
 def test_parse_cursor_table() -> None:
-    assert parse_cursor("", "e", 0) == 0
-    assert parse_cursor(format_cursor("ab-cd", 7), "ab-cd", 7) == 7
+    assert parse_cursor("", "e") == 0
+    assert parse_cursor(format_cursor("ab-cd", 7), "ab-cd") == 7
     with pytest.raises(CursorError):
-        parse_cursor(format_cursor("ab", 8), "ab", 7)
+        parse_cursor(format_cursor("ab", 8), "ac")
 
 
 # -- the long poll -----------------------------------------------------------------------------
@@ -189,7 +188,7 @@ def test_a_waiting_pull_answers_as_soon_as_a_message_is_accepted(h: Harness) -> 
 
 
 def test_a_gateway_post_beside_the_relay_wakes_the_pull(h: Harness) -> None:
-    """The very same receiver serves /kannel/mo: its accept hands the message to the pull."""
+    """The very same receiver serves /kannel/mo: the store's commit wakes the pull."""
     d = h.pull("", timeout=30)
     query = urlencode({"from": "+447700900123", "to": "4242", "text": "hi ops", "id": "abc",
                        "token": KANNEL_TOKEN})
@@ -200,6 +199,29 @@ def test_a_gateway_post_beside_the_relay_wakes_the_pull(h: Harness) -> None:
     assert message["id"] == "kannel:abc"
     assert message["record"]["text"] == "hi ops"
     assert message["record"]["from"] == "+447700900123"
+
+
+def test_a_commit_during_the_first_read_is_not_answered_empty(h: Harness) -> None:
+    """The pull waits before it reads: a commit landing while the read runs wakes it, and it
+    reads again rather than answering with nothing."""
+    from twisted.internet.defer import Deferred
+
+    reads: list[Deferred] = []
+    real = h.store.pending
+
+    def slow(after: int = 0, limit: int | None = None) -> Deferred:
+        if reads:
+            return real(after, limit)
+        d: Deferred = Deferred()
+        reads.append(d)
+        return d
+
+    h.store.pending = slow
+    d = h.pull("", timeout=30)
+    h.add(1)                 # committed while the first read is still running
+    reads[0].callback([])    # ... which saw nothing
+    answer = json.loads(h.answer(d)[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m1"]
 
 
 def test_timeout_zero_answers_at_once(h: Harness) -> None:
@@ -235,14 +257,14 @@ def test_ack_deletes_only_what_was_acknowledged(h: Harness) -> None:
     code, answer = h.ack(["kannel:m2", "kannel:nope", "kannel:m2"])
     assert code == 200
     assert answer == {"acked": ["kannel:m2"], "unknown": ["kannel:nope"]}
-    assert h.journal.done == {entries[1].seq}
+    assert h.store.done == {entries[1].seq}
     # What was handed out and not acknowledged is still there for a pull from the start.
     answer = json.loads(h.answer(h.pull("", timeout=0))[1])
     assert [m["id"] for m in answer["messages"]] == ["kannel:m1", "kannel:m3"]
-    assert h.relay.backlog == 2
+    assert h.backlog() == 2
     # Acknowledging again is harmless.
     assert h.ack(["kannel:m2"]) == (200, {"acked": [], "unknown": ["kannel:m2"]})
-    assert h.journal.done == {entries[1].seq}
+    assert h.store.done == {entries[1].seq}
 
 
 @pytest.mark.parametrize("body", [b"", b"[]", b'{"ids": "kannel:m1"}', b'{"ids": [1]}',
@@ -252,53 +274,60 @@ def test_garbled_ack_is_400(h: Harness, body: bytes) -> None:
     code, answer = h.answer(h.request("POST", "/relay/ack", data=body))
     assert code == 400
     assert answer == b'expected a JSON body {"ids": ["<id>", ...]}\n'
-    assert h.journal.done == set()
+    assert h.store.done == set()
 
 
 def test_a_failed_mark_done_is_503_and_the_message_stays(h: Harness) -> None:
     h.add(1)
 
-    def broken(seq: int) -> Any:
+    def broken(seqs: Any) -> Any:
         from twisted.internet.defer import fail
 
-        return fail(OSError(28, "No space left on device"))
+        return fail(StoreError("database or disk is full"))
 
-    h.journal.mark_done = broken  # type: ignore[method-assign]
+    h.store.mark_done = broken  # type: ignore[method-assign]
     code, body = h.answer(h.request("POST", "/relay/ack", json={"ids": ["kannel:m1"]}))
     assert code == 503
-    assert h.relay.backlog == 1
+    assert h.backlog() == 1
+
+
+def test_a_store_that_cannot_be_read_is_503_on_pull_and_ack(h: Harness) -> None:
+    from twisted.internet.defer import fail
+
+    h.add(1)
+    h.store.pending = lambda *a, **k: fail(StoreError("disk I/O error"))
+    h.store.lookup = lambda keys: fail(StoreError("disk I/O error"))
+    for d in (h.pull("", timeout=0), h.request("POST", "/relay/ack", json={"ids": ["kannel:m1"]})):
+        code, body = h.answer(d)
+        assert code == 503 and body.endswith(b"; retry\n")
+    assert h.store.done == set()
 
 
 # -- restarts ----------------------------------------------------------------------------------
 
-def test_a_restarted_relay_expires_old_cursors_and_offers_everything_unacknowledged() -> None:
+def test_a_restarted_relay_keeps_cursors_and_offers_everything_unacknowledged() -> None:
+    """The epoch is the store's: a relay restarted on the same store takes the bot's cursor,
+    and a pull from the start offers what was not acknowledged."""
     first = Harness()
     first.add(3)
     cursor = json.loads(first.answer(first.pull(""))[1])["cursor"]
     first.ack(["kannel:m1"])
-    # Same journal, new process: a new epoch, the index rebuilt from journal.pending().
-    second = Harness(journal=first.journal)
-    second.relay.epoch = "e2"
+    second = Harness(store=first.store)
+    assert json.loads(second.answer(second.pull(cursor, timeout=0))[1])["messages"] == []
+    first.store.append("kannel:m4", {"kind": "sms", "text": "t4"})
+    answer = json.loads(second.answer(second.pull(cursor, timeout=0))[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m4"]
+    answer = json.loads(second.answer(second.pull("", timeout=0))[1])
+    assert [m["id"] for m in answer["messages"]] == ["kannel:m2", "kannel:m3", "kannel:m4"]
+
+
+def test_a_cursor_of_another_store_is_expired() -> None:
+    first = Harness()
+    first.add(2)
+    cursor = json.loads(first.answer(first.pull(""))[1])["cursor"]
+    second = Harness(store=FakeStore(epoch="e2"))
     code, body = second.answer(second.pull(cursor))
     assert code == 400 and b"expired cursor" in body
-    answer = json.loads(second.answer(second.pull("", timeout=0))[1])
-    assert [m["id"] for m in answer["messages"]] == ["kannel:m2", "kannel:m3"]
-
-
-def test_a_message_made_durable_out_of_order_expires_cursors(h: Harness) -> None:
-    """Were a later seq handed out first, the earlier one would be skipped by the cursor:
-    the relay rotates its epoch instead so the bot pulls from the start."""
-    h.journal.hold = True
-    h.journal.append("kannel:a", {})
-    late = h.journal.held[0][1]
-    h.journal.hold = False
-    h.add(1)
-    cursor = json.loads(h.answer(h.pull(""))[1])["cursor"]
-    h.relay.accepted(late)
-    code, body = h.answer(h.pull(cursor))
-    assert code == 400 and b"expired" in body
-    answer = json.loads(h.answer(h.pull("", timeout=0))[1])
-    assert [m["id"] for m in answer["messages"]] == ["kannel:a", "kannel:m2"]
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -323,43 +352,33 @@ def test_healthz_and_metrics_show_backlog_oldest_age_and_last_pull(h: Harness) -
     assert "mup_relay_last_pull_timestamp_seconds 1060.0" in text
 
 
-# -- over the real journal ---------------------------------------------------------------------
+# -- over the real store -----------------------------------------------------------------------
 
-def test_acknowledgements_survive_reopening_the_real_journal(tmp_path: Any) -> None:
-    from mup.journal import Journal
+def test_acknowledgements_survive_reopening_the_real_store(tmp_path: Any) -> None:
+    from mup.store.sqlite import SQLiteMessageStore
 
     clock = Clock()
-    journal = Journal.open(str(tmp_path), reactor=clock)
-    relay = Relay(journal, TOKEN, 30, clock, epoch="e1")
+    store = SQLiteMessageStore.open(str(tmp_path), clock)
+    relay = Relay(store, TOKEN, 30, clock)
     http = StubTreq(relay.resource())
+
+    def settle(d: Any) -> Any:
+        for _ in range(4):
+            clock.advance(0)
+            http.flush()
+        return d.result
+
     for i in range(3):
-        d = journal.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"})
-        clock.advance(0)  # the group commit runs on the next turn
-        relay.accepted(d.result)
+        settle(store.append(f"kannel:m{i}", {"kind": "sms", "text": f"t{i}"}))
+    pulled = settle(http.get(BASE + "/relay/pull?timeout=0", headers=AUTH))
+    cursor = json.loads(settle(http.content(pulled)))["cursor"]
+    assert cursor == f"{store.epoch}-3"
     d = http.post(BASE + "/relay/ack", headers=AUTH, json={"ids": ["kannel:m1"]})
-    for _ in range(3):
-        clock.advance(0)
-        http.flush()
-    assert d.result.code == 200
-    journal.close()
-    reopened = Journal.open(str(tmp_path), reactor=clock)
-    assert [e.key for e in reopened.pending()] == ["kannel:m0", "kannel:m2"]
-    relay = Relay(reopened, TOKEN, 30, clock, epoch="e2")
-    assert relay.backlog == 2
-    assert relay.health()["relay_backlog"] == 2
+    assert settle(d).code == 200
+    store.close()
+    reopened = SQLiteMessageStore.open(str(tmp_path), clock)
+    assert reopened.epoch == store.epoch
+    assert [e.key for e in settle(reopened.pending())] == ["kannel:m0", "kannel:m2"]
+    relay = Relay(reopened, TOKEN, 30, clock)
+    assert settle(relay.health())["relay_backlog"] == 2
     reopened.close()
-
-
-def test_a_pull_waiting_across_an_epoch_change_answers_with_its_old_epoch(h: Harness) -> None:
-    h.journal.hold = True
-    h.journal.append("kannel:a", {})
-    late = h.journal.held[0][1]
-    h.journal.hold = False
-    h.add(1)
-    cursor = json.loads(h.answer(h.pull(""))[1])["cursor"]
-    waiting = h.pull(cursor, timeout=30)
-    h.relay.accepted(late)  # out of order: the epoch changes, the waiting pull wakes
-    answer = json.loads(h.answer(waiting)[1])
-    assert answer["cursor"] == cursor  # not a new-epoch cursor that would skip `a`
-    code, body = h.answer(h.pull(answer["cursor"]))
-    assert code == 400 and b"expired" in body

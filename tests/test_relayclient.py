@@ -1,11 +1,11 @@
 """The bot's puller, in memory: StubTreq against a real relay resource, task.Clock for the
-long poll and the backoff, the journal contract (FakeJournal) on both sides."""
+long poll and the backoff, the store contract (FakeStore) on both sides."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fixtures_inbound import FakeJournal
+from fixtures_inbound import FakeStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
@@ -21,20 +21,20 @@ TOKEN = "relay-secret"
 
 
 class Side:
-    """A relay (its own journal) and a bot puller (its own journal) on one Clock."""
+    """A relay (its own store) and a bot puller (its own store) on one Clock."""
 
     def __init__(self, token: str = TOKEN, window: int = 100, limit: int = 50) -> None:
         self.clock = Clock()
-        self.relay_journal = FakeJournal()
-        self.relay = Relay(self.relay_journal, TOKEN, 30.0, self.clock, epoch="e1")
+        self.relay_store = FakeStore()
+        self.relay = Relay(self.relay_store, TOKEN, 30.0, self.clock)
         self.http = StubTreq(self.relay.resource())
-        self.bot_journal = FakeJournal()
+        self.bot_store = FakeStore()
         self.wakes = 0
         self.events: list[dict] = []
         self.puller = self.make_puller(self.http, token, window=window, limit=limit)
 
     def make_puller(self, http: Any, token: str = TOKEN, **kw: Any) -> RelayPuller:
-        puller = RelayPuller("http://relay.example/", token, self.bot_journal, self.wake,
+        puller = RelayPuller("http://relay.example/", token, self.bot_store, self.wake,
                              self.clock, http, poll_timeout=30.0, jitter=lambda: 1.0, **kw)
         puller.log = Logger(observer=self.events.append)
         return puller
@@ -44,22 +44,23 @@ class Side:
 
     def accept(self, *ids: str) -> None:
         for i in ids:
-            entry = self.relay_journal.append(f"kannel:{i}", {"kind": "sms", "id": i,
-                                                             "text": f"text {i}"}).result
-            self.relay.accepted(entry)
+            self.relay_store.append(f"kannel:{i}", {"kind": "sms", "id": i, "text": f"text {i}"})
         self.flush()
 
     def flush(self) -> None:
         for _ in range(5):
             self.http.flush()
 
+    def relay_backlog(self) -> int:
+        return self.relay_store.backlog().result.count
+
     def bot_keys(self) -> list[str]:
-        return [e.key for e in sorted(self.bot_journal.entries.values(), key=lambda e: e.seq)]
+        return [e.key for e in sorted(self.bot_store.entries.values(), key=lambda e: e.seq)]
 
     def deliver_all(self) -> None:
         """What delivery does once IRC confirmed each pending entry: mark done, then tell."""
-        for entry in self.bot_journal.pending():
-            self.bot_journal.mark_done(entry.seq)
+        for entry in self.bot_store.pending().result:
+            self.bot_store.mark_done([entry.seq])
             self.puller.delivered(entry)
         self.flush()
 
@@ -75,13 +76,13 @@ def test_pulled_messages_are_journaled_marked_and_woken_in_order() -> None:
     s.puller.startService()
     s.flush()
     assert s.bot_keys() == ["kannel:a", "kannel:b", "kannel:c"]
-    record = s.bot_journal.entries["kannel:b"].record
+    record = s.bot_store.entries["kannel:b"].record
     assert record["text"] == "text b"
     assert record["extra"] == {RELAY_MARK: "kannel:b"}
     assert s.wakes >= 1
     assert s.puller.cursor == "e1-3"
     # Nothing acknowledged before IRC confirmed it.
-    assert s.relay_journal.done == set()
+    assert s.relay_store.done == set()
     s.puller.stopService()
 
 
@@ -101,31 +102,31 @@ def test_acks_are_sent_only_for_confirmed_relay_messages() -> None:
     s.accept("a", "b")
     s.puller.startService()
     s.flush()
-    first = s.bot_journal.entries["kannel:a"]
-    s.bot_journal.mark_done(first.seq)
+    first = s.bot_store.entries["kannel:a"]
+    s.bot_store.mark_done([first.seq])
     s.puller.delivered(first)
     s.flush()
-    assert s.relay.backlog == 1
-    assert [e.key for e in s.relay_journal.pending()] == ["kannel:b"]
+    assert s.relay_backlog() == 1
+    assert [e.key for e in s.relay_store.pending().result] == ["kannel:b"]
     # An entry the bot's own webhook received is not the relay's business.
-    webhook = s.bot_journal.append("kannel:own", {"kind": "sms", "extra": {}}).result
+    webhook = s.bot_store.append("kannel:own", {"kind": "sms", "extra": {}}).result
     s.puller.delivered(webhook)
     s.deliver_all()
-    assert s.relay.backlog == 0
+    assert s.relay_backlog() == 0
     assert s.puller.acked == 2
     s.puller.stopService()
 
 
 def test_after_a_bot_restart_delivered_messages_are_acked_not_shown_again() -> None:
     """The bot confirmed `a` on IRC and died before the ack: the restarted bot pulls from the
-    start, its journal drops `a` (already there, done) and acks it; `b`, pending in the bot's
-    journal, is acknowledged when delivery confirms it."""
+    start, its store drops `a` (already there, done) and acks it; `b`, pending in the bot's
+    store, is acknowledged when delivery confirms it."""
     s = Side()
     s.accept("a", "b")
     s.puller.startService()
     s.flush()
-    a = s.bot_journal.entries["kannel:a"]
-    s.bot_journal.mark_done(a.seq)  # confirmed on IRC ... and the process is killed
+    a = s.bot_store.entries["kannel:a"]
+    s.bot_store.mark_done([a.seq])  # confirmed on IRC ... and the process is killed
     s.puller.stopService()
     s.flush()
     restarted = s.make_puller(s.http)
@@ -133,9 +134,9 @@ def test_after_a_bot_restart_delivered_messages_are_acked_not_shown_again() -> N
     restarted.startService()
     s.flush()
     assert s.bot_keys() == ["kannel:a", "kannel:b"]  # nothing appended twice
-    assert [e.key for e in s.relay_journal.pending()] == ["kannel:b"]
+    assert [e.key for e in s.relay_store.pending().result] == ["kannel:b"]
     s.deliver_all()
-    assert s.relay.backlog == 0
+    assert s.relay_backlog() == 0
     restarted.stopService()
 
 
@@ -144,9 +145,9 @@ def test_an_expired_cursor_restarts_from_the_beginning_without_duplicates() -> N
     s.accept("a")
     s.puller.startService()
     s.flush()
-    s.puller.stopService()  # the relay restarts: the outstanding pull is cut off ...
+    s.puller.stopService()  # the relay's store is replaced: the outstanding pull is cut off ...
     s.flush()
-    s.relay.epoch = "e2"
+    s.relay_store.epoch = "e2"
     s.accept("b")
     s.puller.startService()  # ... and the next one comes with a cursor of the old epoch
     s.flush()
@@ -180,12 +181,14 @@ def test_an_unreachable_relay_is_retried_with_backoff_and_logged_once() -> None:
     warnings = s.logged("warn")
     assert len(warnings) == 1, warnings
     assert "ConnectionRefusedError" in warnings[0] and "backoff" in warnings[0]
+    assert " unusable: " in puller.describe() and "ConnectionRefusedError" in puller.describe()
     # It comes back: one line says so, and the messages flow.
     s.accept("a")
     puller._http = s.http
     s.clock.advance(8)
     s.flush()
     assert s.bot_keys() == ["kannel:a"]
+    assert puller.describe().endswith(": 1 pulled, 0 acknowledged, 1 waiting for IRC")
     infos = [line for line in s.logged("info") if "answering again" in line]
     assert len(infos) == 1 and "failed attempts" in infos[0]
     assert len(s.logged("warn")) == 1
@@ -220,12 +223,12 @@ def test_the_window_holds_pulling_until_acks_come_back() -> None:
 def test_a_failed_journal_append_keeps_the_cursor_and_pulls_again() -> None:
     s = Side()
     s.accept("a")
-    s.bot_journal.broken = True
+    s.bot_store.broken = True
     s.puller.startService()
     s.flush()
     assert s.puller.cursor == ""
     assert s.bot_keys() == []
-    s.bot_journal.broken = False
+    s.bot_store.broken = False
     s.clock.advance(1)
     s.flush()
     assert s.bot_keys() == ["kannel:a"]
@@ -247,12 +250,12 @@ def test_stopping_cancels_the_outstanding_pull() -> None:
 def test_a_cursor_the_relay_does_not_understand_is_dropped_not_retried_forever() -> None:
     s = Side()
     s.accept("a")
-    s.puller.cursor = "e1-999"  # beyond anything this relay handed out
+    s.puller.cursor = "e1-x9"  # not one of this relay's
     s.puller.startService()
     s.flush()
     assert s.bot_keys() == ["kannel:a"]
     assert s.logged("warn") == []
-    assert any("beyond the relay's last message" in line for line in s.logged("info"))
+    assert any("garbled cursor" in line for line in s.logged("info"))
     s.puller.stopService()
 
 
@@ -276,7 +279,8 @@ class Switch:
         self.current: Any = None
 
 
-OPS = ["accept", "accept", "step", "step", "confirm", "tell", "restart_bot", "restart_relay"]
+OPS = ["accept", "accept", "step", "step", "confirm", "tell", "restart_bot", "restart_relay",
+       "new_epoch"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -287,7 +291,7 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
     epochs = iter(f"e{n}" for n in range(2, 100))
 
     def start_relay() -> None:
-        s.relay = Relay(s.relay_journal, TOKEN, 30.0, s.clock, epoch=next(epochs))
+        s.relay = Relay(s.relay_store, TOKEN, 30.0, s.clock)
         switch.current = s.relay.resource()
 
     start_relay()
@@ -304,8 +308,8 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
             s.clock.advance(1)
             s.flush()
         elif op == "confirm":
-            for entry in s.bot_journal.pending():
-                s.bot_journal.mark_done(entry.seq)
+            for entry in s.bot_store.pending().result:
+                s.bot_store.mark_done([entry.seq])
                 confirmed.append(entry)
         elif op == "tell":
             for entry in confirmed:
@@ -317,7 +321,10 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
             s.puller.stopService()
             s.puller = s.make_puller(s.http)
             s.puller.startService()
-        elif op == "restart_relay":  # its journal stays; its memory (index, epoch) goes
+        elif op == "restart_relay":  # its store (and epoch) stays; its memory goes
+            start_relay()
+        elif op == "new_epoch":  # another store's cursors: the bot's is expired
+            s.relay_store.epoch = next(epochs)
             start_relay()
     for entry in confirmed:  # delivery tells the puller right after the confirmation
         s.puller.delivered(entry)
@@ -325,10 +332,10 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
         s.clock.advance(1)
         s.flush()
         s.deliver_all()
-        if s.relay.backlog == 0 and len(s.bot_journal.entries) == len(accepted):
+        if s.relay_backlog() == 0 and len(s.bot_store.entries) == len(accepted):
             break
     assert sorted(s.bot_keys()) == sorted(f"kannel:{m}" for m in accepted)  # none lost
-    assert [e.key for e in s.relay_journal.pending()] == []  # every one acknowledged
+    assert [e.key for e in s.relay_store.pending().result] == []  # every one acknowledged
     s.puller.stopService()
 
 
@@ -360,11 +367,11 @@ def test_when_one_loop_gets_through_the_other_stops_backing_off() -> None:
     assert s.puller._failures >= 5 and len(s.puller._backoffs) == 2  # both loops back off
     s.accept("b")
     flaky.down = False
-    while s.relay.backlog == 2 and len(s.bot_keys()) == 1:  # until one loop gets through
+    while s.relay_backlog() == 2 and len(s.bot_keys()) == 1:  # until one loop gets through
         s.clock.advance(1)
         s.flush()
     # ... and the other did not sleep out its backoff: both are through at the same moment.
     s.flush()
     assert s.bot_keys() == ["kannel:a", "kannel:b"]
-    assert s.relay.backlog == 1
+    assert s.relay_backlog() == 1
     s.puller.stopService()

@@ -6,7 +6,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from fixtures_inbound import KANNEL_TOKEN, PUBLIC_URL, TWILIO_TOKEN, FakeJournal, make_config
+from fixtures_inbound import KANNEL_TOKEN, PUBLIC_URL, TWILIO_TOKEN, FakeStore, make_config
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -21,12 +21,12 @@ BASE = "http://mup.test"
 
 class Harness:
     def __init__(self, **config: dict) -> None:
-        self.journal = FakeJournal()
         self.accepted: list = []
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
+        self.store = FakeStore(clock=self.clock)
         self.health = {"irc_connected": True}
-        self.receiver = Receiver(make_config(**config), self.journal,
+        self.receiver = Receiver(make_config(**config), self.store,
                                  on_accepted=self.accepted.append,
                                  health=lambda: self.health, clock=self.clock)
         self.http = StubTreq(self.receiver.resource())
@@ -61,7 +61,7 @@ def h() -> Harness:
 def test_kannel_get_is_journaled_then_answered(h: Harness) -> None:
     code, body, _ = h.mo(text="#ops Flight delayed, there in 5.")
     assert (code, body) == (200, b"")
-    (entry,) = h.journal.entries.values()
+    (entry,) = h.store.entries.values()
     assert entry.key == "kannel:abc-1"
     assert entry.record["text"] == "#ops Flight delayed, there in 5."
     assert entry.record["from"] == "+447700900123"
@@ -70,13 +70,13 @@ def test_kannel_get_is_journaled_then_answered(h: Harness) -> None:
 
 
 def test_no_answer_before_the_journal_fired(h: Harness) -> None:
-    h.journal.hold = True
+    h.store.hold = True
     d = h.http.get(BASE + "/kannel/mo?" + urlencode(
         {"from": "+1555", "id": "x1", "text": "hi", "token": KANNEL_TOKEN}))
     h.http.flush()
     _sync.assertNoResult(d)
     assert h.accepted == []
-    h.journal.release()
+    h.store.release()
     h.http.flush()
     assert _sync.successResultOf(d).code == 200
     assert len(h.accepted) == 1
@@ -87,18 +87,18 @@ def test_wrong_token_is_403_and_nothing_written(h: Harness, token: str) -> None:
     code, body, _ = h.mo(token=token)
     assert code == 403
     assert b"\n" == body[-1:] and body.count(b"\n") == 1
-    assert h.journal.entries == {} and h.accepted == []
+    assert h.store.entries == {} and h.accepted == []
 
 
 def test_missing_token_is_403(h: Harness) -> None:
     code, _, _ = h.request("GET", "/kannel/mo?from=%2B1555&id=a&text=hi")
-    assert code == 403 and h.journal.entries == {}
+    assert code == 403 and h.store.entries == {}
 
 
 def test_empty_configured_token_refuses_everything() -> None:
     h = Harness(sms__kannel={"inbound_token": ""})
     assert h.mo(token="")[0] == 403
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_auth_before_parsing(h: Harness) -> None:
@@ -116,13 +116,13 @@ def test_malformed_is_400_with_one_line(h: Harness, params: dict, reason: bytes)
     code, body, _ = h.mo(**params)
     assert code == 400
     assert body.startswith(reason) and body.count(b"\n") == 1
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_duplicate_is_2xx_and_not_delivered_twice(h: Harness) -> None:
     assert h.mo(id="dup")[0] == 200
     assert h.mo(id="dup")[0] == 200
-    assert len(h.journal.entries) == 1 and len(h.accepted) == 1
+    assert len(h.store.entries) == 1 and len(h.accepted) == 1
 
 
 def test_post_url_text_in_body(h: Harness) -> None:
@@ -132,7 +132,7 @@ def test_post_url_text_in_body(h: Harness) -> None:
         headers={"Content-Type": ["text/plain; charset=UTF-8"],
                  "X-Kannel-From": ["+447700900123"], "X-Kannel-To": ["4242"]})
     assert code == 200
-    (entry,) = h.journal.entries.values()
+    (entry,) = h.store.entries.values()
     assert entry.record["text"] == "#ops café"
     assert entry.record["from"] == "+447700900123"
 
@@ -144,7 +144,7 @@ def test_post_url_ucs2_raw_bytes(h: Harness) -> None:
                                            "coding": "2"}),
         data=text.encode("utf-16-be"), headers={"Content-Type": ["text/plain; charset=UTF-16BE"]})
     assert code == 200
-    assert h.journal.entries["kannel:u1"].record["text"] == text
+    assert h.store.entries["kannel:u1"].record["text"] == text
 
 
 def test_get_utf16be_in_query(h: Harness) -> None:
@@ -153,21 +153,21 @@ def test_get_utf16be_in_query(h: Harness) -> None:
                            "&charset=UTF-16BE&coding=2&text=" +
                            "".join(f"%{b:02X}" for b in raw))
     assert code == 200
-    assert h.journal.entries["kannel:u2"].record["text"] == "Привет"
+    assert h.store.entries["kannel:u2"].record["text"] == "Привет"
 
 
 def test_invalid_utf8_is_replaced_not_refused(h: Harness) -> None:
     code, _, _ = h.request("GET", f"/kannel/mo?id=b1&from=1555&token={KANNEL_TOKEN}"
                                   "&charset=UTF-8&text=ok%FF%FE%C3")
     assert code == 200
-    assert h.journal.entries["kannel:b1"].record["text"] == "ok\ufffd\ufffd\ufffd"
+    assert h.store.entries["kannel:b1"].record["text"] == "ok\ufffd\ufffd\ufffd"
 
 
 def test_odd_length_ucs2_is_replaced(h: Harness) -> None:
     code, _, _ = h.request("GET", f"/kannel/mo?id=b2&from=1555&token={KANNEL_TOKEN}"
                                   "&charset=UTF-16BE&text=%00h%00")
     assert code == 200
-    assert h.journal.entries["kannel:b2"].record["text"] == "h\ufffd"
+    assert h.store.entries["kannel:b2"].record["text"] == "h\ufffd"
 
 
 def test_body_over_limit_is_413_by_content_length(h: Harness) -> None:
@@ -175,7 +175,7 @@ def test_body_over_limit_is_413_by_content_length(h: Harness) -> None:
         "POST", "/kannel/mo?" + urlencode({"id": "big", "from": "1", "token": KANNEL_TOKEN}),
         data=b"x" * 2049, headers={"Content-Type": ["text/plain"]})
     assert code == 413 and body == b"body over 2048 bytes\n"
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_body_at_limit_is_accepted(h: Harness) -> None:
@@ -188,18 +188,18 @@ def test_body_at_limit_is_accepted(h: Harness) -> None:
 def test_413_before_auth_for_twilio(h: Harness) -> None:
     params = {"MessageSid": "SM1", "From": "+1555", "Body": "x" * 3000}
     assert h.twilio("/twilio/sms", params)[0] == 413
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_journal_failure_is_503_and_retryable(h: Harness) -> None:
-    h.journal.broken = True
+    h.store.broken = True
     code, _, headers = h.mo(id="j1")
     assert code == 503 and headers.getRawHeaders("retry-after") == ["5"]
     assert h.accepted == []
-    h.journal.is_writable = False
-    h.journal.broken = False
+    h.store.is_writable = False
+    h.store.broken = False
     assert h.mo(id="j1")[0] == 503
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_posts_during_shutdown_are_503_with_one_log_line(h: Harness) -> None:
@@ -208,13 +208,13 @@ def test_posts_during_shutdown_are_503_with_one_log_line(h: Harness) -> None:
     events: list = []
     globalLogPublisher.addObserver(events.append)
     try:
-        h.journal.closed = True
+        h.store.closed = True
         answers = [h.mo(id=f"s{i}") for i in range(3)]
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [(code, body) for code, body, _ in answers] == [
         (503, b"mup is shutting down; try again later\n")] * 3
-    assert h.journal.entries == {} and h.accepted == []
+    assert h.store.entries == {} and h.accepted == []
     said = [formatEvent(e) for e in events]
     assert len(said) == 1 and "shutting down" in said[0]
     assert not any(e.get("log_failure") for e in events)
@@ -223,7 +223,7 @@ def test_posts_during_shutdown_are_503_with_one_log_line(h: Harness) -> None:
 def test_crlf_injection_is_kept_as_text_for_delivery_to_sanitise(h: Harness) -> None:
     assert h.request("GET", f"/kannel/mo?id=c1&from=1555&token={KANNEL_TOKEN}"
                             "&text=hi%0D%0AQUIT")[0] == 200
-    assert h.journal.entries["kannel:c1"].record["text"] == "hi\r\nQUIT"
+    assert h.store.entries["kannel:c1"].record["text"] == "hi\r\nQUIT"
 
 
 # Kannel delivery reports
@@ -233,13 +233,13 @@ def test_crlf_injection_is_kept_as_text_for_delivery_to_sanitise(h: Harness) -> 
 def test_kannel_dlr(h: Harness, status: str, state: str) -> None:
     code, body, _ = h.request("GET", f"/kannel/dlr?ref=r-7&status={status}&token={KANNEL_TOKEN}")
     assert (code, body) == (200, b"")
-    entry = h.journal.entries[f"kannel:report:r-7:{status}"]
+    entry = h.store.entries[f"kannel:report:r-7:{status}"]
     assert entry.record["kind"] == "report" and entry.record["state"] == state
 
 
 def test_kannel_dlr_wrong_token(h: Harness) -> None:
     assert h.request("GET", "/kannel/dlr?ref=r-7&status=1&token=x")[0] == 403
-    assert h.journal.entries == {}
+    assert h.store.entries == {}
 
 
 def test_kannel_dlr_bad_status(h: Harness) -> None:
@@ -257,7 +257,7 @@ def test_twilio_sms_signed(h: Harness) -> None:
     code, body, headers = h.twilio("/twilio/sms", SMS)
     assert (code, body) == (200, TWIML_EMPTY)
     assert headers.getRawHeaders("content-type")[0].startswith("text/xml")
-    entry = h.journal.entries["twilio:" + SMS["MessageSid"]]
+    entry = h.store.entries["twilio:" + SMS["MessageSid"]]
     assert entry.record["text"] == SMS["Body"] and entry.record["from"] == SMS["From"]
 
 
@@ -270,7 +270,7 @@ def test_twilio_duplicate_gets_empty_twiml(h: Harness) -> None:
 @pytest.mark.parametrize("signature", ["", "0/KCTR6DLpKmkAf8muzZqo1nDgQ=", "garbage"])
 def test_twilio_bad_or_missing_signature(h: Harness, signature: str) -> None:
     code, _, _ = h.twilio("/twilio/sms", SMS, signature=signature)
-    assert code == 403 and h.journal.entries == {}
+    assert code == 403 and h.store.entries == {}
 
 
 def test_twilio_signature_covers_the_body(h: Harness) -> None:
@@ -296,7 +296,7 @@ def test_twilio_status(h: Harness) -> None:
     params = {"MessageSid": "SMabc", "MessageStatus": "undelivered", "ErrorCode": "30003"}
     code, body, _ = h.twilio("/twilio/status", params)
     assert (code, body) == (200, b"")
-    record = h.journal.entries["twilio:report:SMabc:undelivered"].record
+    record = h.store.entries["twilio:report:SMabc:undelivered"].record
     assert record["state"] == "failed" and "30003" in record["reason"]
 
 
@@ -304,14 +304,16 @@ def test_twilio_status(h: Harness) -> None:
 
 def test_healthz(h: Harness) -> None:
     h.mo(id="q1")
+    h.clock.advance(2.5)
     code, body, headers = h.request("GET", "/healthz")
     assert code == 200
-    assert json.loads(body) == {"irc_connected": True, "journal_writable": True, "backlog": 1}
+    assert json.loads(body) == {"irc_connected": True, "journal_writable": True, "backlog": 1,
+                                "oldest_waiting_age": 2.5}
     h.health = {"irc_connected": False}
     code, body, _ = h.request("GET", "/healthz")
     assert code == 503 and json.loads(body)["irc_connected"] is False
     h.health = {"irc_connected": True}
-    h.journal.is_writable = False
+    h.store.is_writable = False
     assert h.request("GET", "/healthz")[0] == 503
 
 
@@ -336,15 +338,15 @@ def test_gateway_hanging_up_does_not_cancel_the_journal_write(h: Harness) -> Non
     from twisted.internet.testing import StringTransport
     from twisted.python.failure import Failure
 
-    h.journal.hold = True
+    h.store.hold = True
     protocol = h.receiver.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     transport = StringTransport()
     protocol.makeConnection(transport)
     query = urlencode({"from": "+1555", "id": "gone", "text": "hi", "token": KANNEL_TOKEN})
     protocol.dataReceived(f"GET /kannel/mo?{query} HTTP/1.1\r\nHost: m\r\n\r\n".encode())
-    held, _ = h.journal.held[0]
+    held, _ = h.store.held[0]
     protocol.connectionLost(Failure(ConnectionLost()))
     assert not held.called
-    h.journal.release()
+    h.store.release()
     assert [e.key for e in h.accepted] == ["kannel:gone"]
     assert transport.value() == b""

@@ -4,7 +4,7 @@ no access log; and WebhookService listening on an endpoint string (MemoryReactor
 from __future__ import annotations
 
 import pytest
-from fixtures_inbound import KANNEL_TOKEN, FakeJournal, make_config
+from fixtures_inbound import KANNEL_TOKEN, FakeStore, make_config
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -12,8 +12,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from mup.webhook import Receiver, WebhookService
 
 
-def serve(raw: bytes, max_body: int = 2048) -> tuple[bytes, FakeJournal, list]:
-    journal = FakeJournal()
+def serve(raw: bytes, max_body: int = 2048) -> tuple[bytes, FakeStore, list]:
+    journal = FakeStore()
     accepted: list = []
     receiver = Receiver(make_config(webhook={"max_body": max_body}), journal,
                         on_accepted=accepted.append, clock=Clock())
@@ -54,7 +54,7 @@ def test_oversized_body_is_413_and_not_buffered(chunked: bool) -> None:
 
 
 def test_declared_length_over_limit_is_discarded_as_it_arrives() -> None:
-    journal = FakeJournal()
+    journal = FakeStore()
     site = Receiver(make_config(), journal, clock=Clock()).site()
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
     transport = StringTransport()
@@ -84,7 +84,7 @@ def test_no_access_log_with_tokens(capsys) -> None:
 
 def test_service_listens_on_the_endpoint_string_and_stops() -> None:
     reactor = MemoryReactor()
-    receiver = Receiver(make_config(), FakeJournal(), clock=Clock())
+    receiver = Receiver(make_config(), FakeStore(), clock=Clock())
     service = WebhookService("tcp:port=18080:interface=127.0.0.1", receiver.site(), reactor)
     service.startService()
     port, factory, _backlog, interface = reactor.tcpServers[0]
@@ -102,7 +102,7 @@ def test_service_refuses_to_start_when_it_cannot_listen() -> None:
             raise CannotListenError("127.0.0.1", 18080, OSError(98, "Address already in use"))
 
     service = WebhookService("tcp:port=18080:interface=127.0.0.1",
-                             Receiver(make_config(), FakeJournal(), clock=Clock()).site(),
+                             Receiver(make_config(), FakeStore(), clock=Clock()).site(),
                              Busy())
     from twisted.internet.error import CannotListenError
 

@@ -21,8 +21,7 @@ from mup.gateway import DeliveryReport, InboundSMS
 
 __all__ = ["Posted", "PostRefused", "Refused", "Forbidden", "Malformed", "check_token",
            "decode_text", "kannel_mo", "kannel_dlr", "twilio_signature", "check_twilio_signature",
-           "twilio_sms", "twilio_status", "form_params", "MAX_FIELDS", "journal_entry",
-           "from_record"]
+           "twilio_sms", "twilio_status", "form_params", "MAX_FIELDS"]
 
 MAX_FIELDS = 100
 """More form or query fields than this is a malformed request."""
@@ -323,34 +322,3 @@ def twilio_status(posted: Posted, auth_token: str, public_url: str
         code = params.get("ErrorCode", "")
         reason = f"Twilio error {code[:8]}" if code else f"Twilio says {status}"
     return DeliveryReport("twilio", sid, state, reason), status
-
-
-def journal_entry(item: InboundSMS | DeliveryReport, status: str = "") -> tuple[str, dict]:
-    """The journal key and record for what a gateway posted.  An SMS is keyed
-    ``<gateway>:<message id>``; a delivery report ``<gateway>:report:<id>:<status>``, so each
-    state change is kept once however often it is posted."""
-    if isinstance(item, InboundSMS):
-        return f"{item.gateway}:{item.message_id}", {
-            "kind": "sms", "gateway": item.gateway, "id": item.message_id,
-            "from": item.sender, "to": item.recipient, "text": item.text,
-            "received": item.received, "extra": dict(item.extra)}
-    return f"{item.gateway}:report:{item.message_id}:{status}", {
-        "kind": "report", "gateway": item.gateway, "id": item.message_id,
-        "state": item.state, "reason": item.reason}
-
-
-def from_record(record: Mapping) -> InboundSMS | DeliveryReport:
-    """Read back a journal record written by :func:`journal_entry`; raises ``ValueError`` for
-    a record that is not one."""
-    try:
-        if record["kind"] == "sms":
-            return InboundSMS(str(record["gateway"]), str(record["id"]), str(record["from"]),
-                              str(record.get("to", "")), str(record["text"]),
-                              float(record["received"]),
-                              {str(k): str(v) for k, v in dict(record.get("extra", {})).items()})
-        if record["kind"] == "report":
-            return DeliveryReport(str(record["gateway"]), str(record["id"]),
-                                  str(record["state"]), str(record.get("reason", "")))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"not an inbound record: {e!r}") from None
-    raise ValueError(f"unknown record kind {record.get('kind')!r}")

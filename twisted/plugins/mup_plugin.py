@@ -23,7 +23,6 @@ def _make(name: str, path: str, make):
     """Load the config and build the service; a config problem, found while loading or while
     building (a bad LDIF, say), is one line on stderr and exit status 1, never a traceback."""
     from mup.config import ConfigError, load
-    from mup.journal import JournalError
     from mup.logfilter import LevelFilterService
     from mup.store import StoreOpenError
 
@@ -31,8 +30,7 @@ def _make(name: str, path: str, make):
         config = load(path)
         service = make(config)
         LevelFilterService(config.log.level).setServiceParent(service)
-    # JournalError: locked by another process; StoreOpenError: a store that cannot be used.
-    except (ConfigError, JournalError, StoreOpenError) as e:
+    except (ConfigError, StoreOpenError) as e:  # the store: locked, unwritable, not a database
         sys.stderr.write(f"{name}: {e}\n")
         raise SystemExit(1) from None
     top = _StartOrExit(name)
