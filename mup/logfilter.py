@@ -11,13 +11,25 @@ from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
+    PredicateResult,
     globalLogPublisher,
 )
 
-__all__ = ["LevelFilterService"]
+__all__ = ["LevelFilterService", "quiet_retries"]
+
+
+def quiet_retries(event: LogEvent) -> PredicateResult:
+    """Drop ClientService's line for every reconnect attempt (``Scheduling retry N to connect
+    ...``): the IRC service logs the reason once per change instead.  Shown at ``debug``."""
+    if (event.get("log_level") is LogLevel.info
+            and str(event.get("log_namespace", "")).startswith("twisted.application")
+            and str(event.get("log_format", "")).startswith("Scheduling retry")):
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 class LevelFilterService(Service):
@@ -32,9 +44,9 @@ class LevelFilterService(Service):
         super().startService()
         if self.level is LogLevel.debug:
             return
-        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        predicates = [LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_retries]
         for observer in list(getattr(self._publisher, "_observers", [])):
-            wrapper = FilteringLogObserver(observer, [predicate])
+            wrapper = FilteringLogObserver(observer, predicates)
             self._publisher.removeObserver(observer)
             self._publisher.addObserver(wrapper)
             self._wrapped.append((observer, wrapper))

@@ -30,3 +30,22 @@ def test_debug_keeps_everything():
     service.startService()
     Logger(observer=publisher).debug("d")
     assert [e["log_format"] for e in seen] == ["d"]
+
+
+def test_client_service_retry_lines_are_dropped_but_not_at_debug():
+    """Issue 13 item 8: one line per change of state, not one per reconnect attempt."""
+    for level, expected in [("info", ["Cannot connect", "w"]),
+                            ("debug", ["Cannot connect", "Scheduling retry 3 to connect x in "
+                                       "{delay} seconds.", "w"])]:
+        publisher = LogPublisher()
+        seen: list = []
+        publisher.addObserver(seen.append)
+        service = LevelFilterService(level, publisher)
+        service.startService()
+        Logger(observer=publisher, namespace="mup.irc").info("Cannot connect")
+        twisted = Logger(observer=publisher,
+                         namespace="twisted.application.internet.ClientService")
+        twisted.info("Scheduling retry 3 to connect x in {delay} seconds.", delay=1)
+        twisted.warn("w")
+        assert [e["log_format"] for e in seen] == expected
+        service.stopService()
