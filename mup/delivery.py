@@ -162,11 +162,11 @@ class Delivery(Service):
     # Feeding
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.wake()   # what was waiting from before
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for d in list(self._waits):
             d.cancel()
 

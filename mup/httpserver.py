@@ -92,7 +92,7 @@ class GuardedSite(Site):
     def __init__(self, resource: IResource, *, limits: Limits | None = None,
                  requestFactory: type[Request] = Request, **kwargs: Any) -> None:
         self.limits = limits or Limits()
-        super().__init__(resource, requestFactory=_reporting(requestFactory),
+        super().__init__(resource, requestFactory=_reporting(requestFactory),  # type: ignore[no-untyped-call]
                          timeout=self.limits.idle_timeout or None, **kwargs)
         self.connections: dict[GuardedConnection, None] = {}
         """Open connections, oldest first."""
@@ -117,7 +117,7 @@ class GuardedSite(Site):
                 log.warn("receiver: {n} connections are all busy with requests; refusing new "
                          "ones ([webhook] max_connections)", n=len(open_))
             return None
-        channel = super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if channel is None:
             return None
         return GuardedConnection(self, channel)
@@ -150,7 +150,7 @@ class GuardedConnection(ProtocolWrapper):
         self._born = factory.reactor.seconds()
 
     def makeConnection(self, transport: Any) -> None:
-        super().makeConnection(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
         self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
 
     def had_its_chance(self, now: float) -> bool:
@@ -166,13 +166,13 @@ class GuardedConnection(ProtocolWrapper):
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             self._stop()     # HTTP/2 (when installed) has its own framing: not timed here
             self.phase = _BUSY
-            super().dataReceived(data)
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
         if self.phase == _WAITING:
             self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
         if self.phase == _HEADERS and not self._line_done and not self._request_line(data):
             return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def _request_line(self, data: bytes) -> bool:
         """Count the request line's bytes (empty lines before it do not count); False when it
@@ -270,7 +270,7 @@ class GuardedConnection(ProtocolWrapper):
         self._stop()
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 def _peer(connection: ProtocolWrapper) -> str:

@@ -119,7 +119,7 @@ class IRCService(MultiService):
 
     def __init__(self, config: Config, listener: MessageListener | None, reactor: Any,
                  endpoint: IStreamClientEndpoint | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.setName("irc")
         self.config = config
         self.listener = listener
@@ -241,7 +241,7 @@ class IRCService(MultiService):
     def stopService(self) -> Deferred[None] | None:
         if self.protocol is not None:
             self.protocol.quit()
-        return super().stopService()
+        return super().stopService()  # type: ignore[no-untyped-call]
 
     # -- ConnectionListener: what the protocol reports ---------------------------------------
 

@@ -213,11 +213,11 @@ class LDAPDirectory(Service):
         return delay * (1 + 0.2 * random.random())
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._client.startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self._client.stopService()
 
     async def _prepare(self, connection: _Connection) -> None:

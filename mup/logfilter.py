@@ -29,7 +29,7 @@ class LevelFilterService(Service):
         self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.level is LogLevel.debug:
             return
         predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
@@ -44,4 +44,4 @@ class LevelFilterService(Service):
             self._publisher.removeObserver(wrapper)
             self._publisher.addObserver(observer)
         self._wrapped = []
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]

@@ -88,13 +88,13 @@ class RelayPuller(Service):
     # -- service ------------------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._pulling = ensureDeferred(self._pull_loop())
         self._pulling.addErrback(self._crashed, "pull")
         self._kick_acks()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for d in [self._pulling, self._acking, self._room, *self._waits]:
             if d is not None and not d.called:
                 d.cancel()

@@ -138,7 +138,7 @@ class SighupService(Service):
         self._uninstall: Callable[[], None] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if hasattr(signal, "SIGHUP") and hasattr(self._reactor, "callFromThread"):
             self._uninstall = install_sighup(self._reactor, self._reload)
 
@@ -146,4 +146,4 @@ class SighupService(Service):
         if self._uninstall is not None:
             self._uninstall()
             self._uninstall = None
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]

@@ -262,14 +262,14 @@ class _LimitedRequest(Request):
         if length is not None and length > self.max_body:
             self.too_large = True
             length = 0
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self._received > self.max_body:
             self.too_large = True
         if not self.too_large:
-            super().handleContentChunk(data)
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
 
 def _limited_request(max_body: int) -> type[Request]:
@@ -288,7 +288,7 @@ class WebhookService(Service):
         self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         d = serverFromString(self.reactor, self.endpoint).listen(self.site)
         failure = []
 
@@ -316,7 +316,7 @@ class WebhookService(Service):
             failure[0].raiseException()
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()

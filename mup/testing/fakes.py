@@ -37,7 +37,7 @@ class _Fake(Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.messages: list[dict[str, Any]] = []
         self.requests = 0
         """Every request seen, failed or not."""

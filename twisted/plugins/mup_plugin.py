@@ -43,14 +43,14 @@ class _StartOrExit(MultiService):
     stderr and exit status 1, like a config error, not a traceback."""
 
     def __init__(self, name: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._name = name
 
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
 
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]
         except CannotListenError as e:
             # twistd has redirected sys.stderr into the log by now: write to the real one.
             (sys.__stderr__ or sys.stderr).write(f"{self._name}: {e}\n")
