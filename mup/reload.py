@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import threads
@@ -41,9 +41,11 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     """``"section.key"`` for every key whose value differs between two configs."""
     out = []
     for name in sorted(set(old.sections) | set(new.sections)):
-        a, b = old.sections.get(name), new.sections.get(name)
-        for key in sorted(set(a or ()) | set(b or ())):
-            if (a or {}).get(key) != (b or {}).get(key):
+        empty: Mapping[str, Any] = {}
+        a = old.sections.get(name) or empty
+        b = new.sections.get(name) or empty
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
                 out.append(f"{name}.{key}")
     return out
 
