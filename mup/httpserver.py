@@ -24,13 +24,18 @@ Built from twisted.web's public API (``Site(timeout=...)``, a request factory, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    from mup.config import Section
 
 __all__ = ["GuardedSite", "Limits"]
 
@@ -64,7 +69,7 @@ class Limits:
     max_request_line: int = TWISTED_LINE_LIMIT
 
     @classmethod
-    def from_config(cls, section: Any) -> Limits:
+    def from_config(cls, section: Section) -> Limits:
         """From the ``[webhook]`` section (durations are strings such as ``"10s"``)."""
         from mup.config import parse_duration
 
@@ -98,7 +103,9 @@ class GuardedSite(Site):
         """Open connections, oldest first."""
         self._said_busy = float("-inf")
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    # Returns the channel wrapped (as twisted.protocols.policies does), not a bare channel.
+    def buildProtocol(  # type: ignore[override]
+            self, addr: IAddress | None) -> GuardedConnection | None:
         limits = self.limits
         open_ = [c for c in self.connections if c.phase != _CLOSING]
         waiting = [c for c in open_ if c.phase != _BUSY]
@@ -135,6 +142,7 @@ class GuardedConnection(ProtocolWrapper):
     """One client connection: times its request line, headers and body; checks the line."""
 
     factory: GuardedSite
+    transport: ITCPTransport   # the listening port's TCP (or TLS over TCP) connection
     phase = _WAITING
 
     def __init__(self, factory: GuardedSite, channel: Any) -> None:
@@ -266,7 +274,7 @@ class GuardedConnection(ProtocolWrapper):
         self._abort = None
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop()
         if self._abort is not None and self._abort.active():
             self._abort.cancel()

@@ -415,7 +415,9 @@ class SQLiteMessageStore:
                           "ON CONFLICT (key) DO NOTHING", (op.key, op.appended, op.text))
         if cur.rowcount == 0:
             return None
-        return Entry(cur.lastrowid, op.key, json.loads(op.text), op.appended)
+        seq = cur.lastrowid
+        assert seq is not None   # a row was inserted
+        return Entry(seq, op.key, json.loads(op.text), op.appended)
 
     def _do_done(self, con: sqlite3.Connection, op: _Op) -> None:
         rows = [(s,) for s in op.seqs]

@@ -162,7 +162,11 @@ class SQLiteStateStore:
             self._maybe_finish()
         # A fresh Deferred per caller, so one caller's callbacks do not change another's result.
         d: defer.Deferred[None] = defer.Deferred()
-        self._closing.addBoth(lambda r: (d.callback(None), r)[1])
+        def tell(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closing.addBoth(tell)
         return d
 
     # -- the writer ---------------------------------------------------------------------------
