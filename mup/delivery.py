@@ -128,8 +128,8 @@ class _Flight:
     """A delivery report's answer: given up after ``REPORT_TRIES``, or if refused."""
     d: Deferred[None] | None = None
     """The delivery handed to IRC; None: not yet, or to be sent again."""
-    outcome: Any = _WAITING
-    """None once confirmed, a Failure if not."""
+    outcome: Failure | None | object = _WAITING
+    """None once confirmed, a Failure if not; ``_WAITING`` until settled."""
     failures: int = 0
 
     @property

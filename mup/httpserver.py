@@ -26,7 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -145,7 +151,8 @@ class GuardedConnection(ProtocolWrapper):
     transport: ITCPTransport   # the listening port's TCP (or TLS over TCP) connection
     phase = _WAITING
 
-    def __init__(self, factory: GuardedSite, channel: Any) -> None:
+    def __init__(self, factory: GuardedSite, channel: IProtocol) -> None:
+        # GuardedSite is no WrappingFactory, but has what ProtocolWrapper calls on one.
         super().__init__(factory, channel)  # type: ignore[arg-type]
         self._timer: IDelayedCall | None = None
         self._line = 0
@@ -157,7 +164,7 @@ class GuardedConnection(ProtocolWrapper):
         """Whether anything was read from the client yet."""
         self._born = factory.reactor.seconds()
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITransport) -> None:
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
         self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
 
