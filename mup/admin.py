@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mup.commands import Sender
+from mup.config import Config
 from mup.store import StateStore
 
 __all__ = ["ChannelControl", "Channels", "Gate", "Ignore", "IgnoreList", "Operators", "to_mask"]
@@ -47,7 +48,7 @@ class Operators:
         self.hostmasks = tuple(m.lower() for m in hostmasks)
 
     @classmethod
-    def from_config(cls, config: Any) -> Operators:
+    def from_config(cls, config: Config) -> Operators:
         admin = config.section("admin")
         return cls(admin.accounts, admin.hostmasks)
 

@@ -10,24 +10,45 @@ that changed is reported as needing a restart.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
+
+from twisted.internet.interfaces import IReactorTime
 
 from mup.admin import Channels, Gate, Operators
 from mup.config import Config, ConfigError
 from mup.directory import Directory, DirectoryError
+from mup.gateway import Gateway
 from mup.reload import Applier, Reload
 from mup.status import Probe, Status
+from mup.store import MessageStore
 
-__all__ = ["LIVE_KEYS", "admin_parts"]
+if TYPE_CHECKING:   # the parts themselves: this module wires them, as the composition root
+    from mup.irc import IRCService
+    from mup.quota import Quota
+    from mup.relayclient import RelayPuller
+
+__all__ = ["LIVE_KEYS", "InboundParts", "admin_parts"]
+
+
+Reactor = Any
+"""The running reactor, handed on to parts that each need another of its interfaces (time,
+threads); Twisted has no one static type for "all of them"."""
+
+
+class InboundParts(TypedDict, total=False):
+    """The inbound path's parts that ``status`` looks at (none when there is no inbound)."""
+
+    store: MessageStore
+    puller: RelayPuller
 
 _SMS_LIMITS = ("sender_burst", "sender_rate", "sender_daily", "global_daily")
 LIVE_KEYS = frozenset({"admin.accounts", "admin.hostmasks", "irc.channels", "ldap.ldif",
                        *(f"sms.{k}" for k in _SMS_LIMITS)})
 
 
-def admin_parts(config: Config, reactor: Any, *, irc: Any, gate: Gate, channels: Channels,
-                directory: Directory | None, gateway: Any, quota: Any,
-                inbound: dict[str, Any]) -> tuple[Reload, Status]:
+def admin_parts(config: Config, reactor: Reactor, *, irc: IRCService, gate: Gate,
+                channels: Channels, directory: Directory | None, gateway: Gateway | None,
+                quota: Quota | None, inbound: InboundParts) -> tuple[Reload, Status]:
     """The reloader and the status report over the bot's parts (``inbound``: the inbound
     ``store`` and relay ``puller``, when there are)."""
     reload = Reload(config, reactor=reactor)
@@ -36,8 +57,9 @@ def admin_parts(config: Config, reactor: Any, *, irc: Any, gate: Gate, channels:
     reload.add(Applier(frozenset({"irc.channels"}), lambda new: _channels(irc, channels, new)))
     reload.add(Applier(frozenset({"ldap.ldif"}), lambda new: _ldif(directory, new)))
     if quota is not None:
+        budget = quota
         reload.add(Applier(frozenset(f"sms.{k}" for k in _SMS_LIMITS),
-                           lambda new: _limits(quota, new)))
+                           lambda new: _limits(budget, new)))
     probes: list[Probe] = [("IRC", lambda: _irc(irc))]
     probes.append(("directory", lambda: _directory(directory, irc.nick)))
     probes.append(("gateway", lambda: gateway.name if gateway is not None else "none (no SMS)"))
@@ -48,7 +70,8 @@ def admin_parts(config: Config, reactor: Any, *, irc: Any, gate: Gate, channels:
     if puller is not None:
         probes.append(("relay", puller.describe))
     if quota is not None:
-        probes.append(("SMS today", lambda: _sms_today(quota)))
+        today = quota
+        probes.append(("SMS today", lambda: _sms_today(today)))
     return reload, Status(probes, reactor)
 
 
@@ -68,7 +91,7 @@ def _operators(gate: Gate, new: Config) -> Callable[[], str]:
     return commit
 
 
-def _channels(irc: Any, channels: Channels, new: Config) -> Callable[[], str]:
+def _channels(irc: IRCService, channels: Channels, new: Config) -> Callable[[], str]:
     configured = list(new.irc.channels)
 
     def commit() -> str:
@@ -96,7 +119,7 @@ def _ldif(directory: Directory | None, new: Config) -> Callable[[], str] | None:
     return lambda: f"Directory: {commit()} entries from {path}."
 
 
-def _limits(quota: Any, new: Config) -> Callable[[], str]:
+def _limits(quota: Quota, new: Config) -> Callable[[], str]:
     sms = new.sms
 
     def commit() -> str:
@@ -113,7 +136,7 @@ def _limits(quota: Any, new: Config) -> Callable[[], str]:
 
 # -- status probes ---------------------------------------------------------------------------------
 
-def _irc(irc: Any) -> str:
+def _irc(irc: IRCService) -> str:
     if not irc.connected:
         return f"not connected ({irc.where})"
     names = ", ".join(irc.channels) or "no channels"
@@ -131,7 +154,7 @@ async def _directory(directory: Directory | None, nick: str) -> str:
     return f"answering ({(time.monotonic() - start) * 1000:.0f} ms)"
 
 
-async def _backlog(store: Any, reactor: Any) -> str:
+async def _backlog(store: MessageStore, reactor: IReactorTime) -> str:
     backlog = await store.backlog()
     if not backlog.count:
         return "nothing waiting"
@@ -139,7 +162,7 @@ async def _backlog(store: Any, reactor: Any) -> str:
     return f"{backlog.count} waiting, the oldest for {_ago(age)}"
 
 
-def _sms_today(quota: Any) -> str:
+def _sms_today(quota: Quota) -> str:
     cap = f" of {quota.global_daily}" if quota.global_daily else ""
     return f"{quota.used_globally}{cap} segments sent"
 

@@ -16,6 +16,7 @@ The environment wins over the file, which wins over the value in the config.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sys
@@ -46,7 +47,7 @@ class Key:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None
     """Returns an error message for a bad value, or None."""
-    items: type | None = None
+    items: builtins.type | None = None
     """For lists: the type of each item."""
 
     def type_name(self) -> str:
@@ -382,7 +383,8 @@ class Config:
 
     def __getattr__(self, name: str) -> Section:
         try:
-            return self.__dict__["sections"][name]
+            sections: dict[str, Section] = self.__dict__["sections"]
+            return sections[name]
         except KeyError:
             raise AttributeError(name) from None
 

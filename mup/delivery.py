@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +34,7 @@ from mup.routing import Route
 from mup.store import Entry, MessageStore
 from mup.text import clean_text
 
-__all__ = ["Delivery", "clean_text", "format_lines"]
+__all__ = ["Delivery", "DeliveryLink", "SMSRouter", "clean_text", "format_lines"]
 
 log = Logger()
 
@@ -75,6 +76,37 @@ def format_lines(route: Route, hint: str = "", limit: int = LINE_BYTES) -> list[
     return lines
 
 
+class DeliveryLink(Protocol):
+    """The IRC side of delivery (:class:`mup.irc.IRCService`)."""
+
+    @property
+    def connected(self) -> bool:
+        """Registered and ready to send right now."""
+        ...
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires now if connected, else on the next registration."""
+        ...
+
+    def deliver(self, target: str, text: str | list[str], notice: bool = False
+                ) -> Deferred[None]:
+        """Fires once the server processed every line; errbacks with a ValueError when the
+        server refused the target, with another error when the connection was lost."""
+        ...
+
+
+class SMSRouter(Protocol):
+    """Where an inbound SMS goes (:class:`mup.routing.Router`)."""
+
+    @property
+    def default_channel(self) -> str:
+        """Where a message goes whose target the server refused."""
+        ...
+
+    def route(self, sms: InboundSMS) -> Awaitable[Route]:
+        ...
+
+
 _WAITING = object()
 
 
@@ -96,8 +128,8 @@ class _Flight:
     """A delivery report's answer: given up after ``REPORT_TRIES``, or if refused."""
     d: Deferred[None] | None = None
     """The delivery handed to IRC; None: not yet, or to be sent again."""
-    outcome: Any = _WAITING
-    """None once confirmed, a Failure if not."""
+    outcome: Failure | None | object = _WAITING
+    """None once confirmed, a Failure if not; ``_WAITING`` until settled."""
     failures: int = 0
 
     @property
@@ -116,13 +148,14 @@ class _Flight:
 class Delivery(Service):
     """Delivers stored inbound SMS and delivery reports to IRC.
 
-    ``store``: the :class:`mup.store.MessageStore`; ``irc``: ``connected``,
-    ``when_connected()``, ``deliver(target, lines)``; ``router``: ``route(sms)`` (async);
-    ``reports(report) -> (nick, text) | None``; ``on_delivered(entry)`` in order per lane, once
-    IRC confirmed the entry and ``mark_done`` was called (the relay puller acknowledges there).
+    ``store``: the :class:`mup.store.MessageStore`; ``irc``: a :class:`DeliveryLink`;
+    ``router``: an :class:`SMSRouter`; ``reports(report) -> (nick, text) | None``;
+    ``on_delivered(entry)`` in order per lane, once IRC confirmed the entry and ``mark_done``
+    was called (the relay puller acknowledges there).
     ``pipeline``: unconfirmed messages per lane at once."""
 
-    def __init__(self, store: MessageStore, irc: Any, router: Any, *, clock: Any,
+    def __init__(self, store: MessageStore, irc: DeliveryLink, router: SMSRouter, *,
+                 clock: IReactorTime,
                  reports: Callable[[DeliveryReport], tuple[str, str] | None] | None = None,
                  on_delivered: Callable[[Entry], object] | None = None,
                  hint: bool = True, prefix: str = "@", hint_window: float = 12 * 3600,
@@ -162,11 +195,11 @@ class Delivery(Service):
     # Feeding
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.wake()   # what was waiting from before
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for d in list(self._waits):
             d.cancel()
 
@@ -237,7 +270,7 @@ class Delivery(Service):
             d = Deferred.fromCoroutine(self._run_lane(lane))
             d.addErrback(self._lane_failed, lane)
 
-    def _lane_failed(self, failure: Any, lane: str) -> None:
+    def _lane_failed(self, failure: Failure, lane: str) -> None:
         self._busy.discard(lane)
         if failure.check(CancelledError) or not self.running:
             return
@@ -333,6 +366,7 @@ class Delivery(Service):
         if failure.check(CancelledError):
             raise CancelledError()
         if failure.check(ValueError):
+            assert isinstance(failure.value, ValueError)
             self._refused(head, failure.value)
             return
         head.failures += 1
@@ -471,7 +505,7 @@ class Delivery(Service):
                 log.failure("on_delivered failed for {key}", key=entry.key)
 
     def _backoff(self, failures: int) -> float:
-        return min(0.5 * 2 ** (failures - 1), self.max_backoff)
+        return min(0.5 * 2.0 ** (failures - 1), self.max_backoff)
 
     async def _sleep(self, seconds: float) -> None:
         await self._wait(deferLater(self.clock, seconds, lambda: None))

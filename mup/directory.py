@@ -121,7 +121,8 @@ class Attributes:
         return list(seen)
 
 
-def person_from_attributes(attrs: Mapping[str | bytes, Iterable[str | bytes]],
+def person_from_attributes(attrs: Mapping[str, Iterable[str | bytes]]
+                           | Mapping[bytes, Iterable[str | bytes]],
                            names: Attributes) -> Person:
     """Build a :class:`Person` from raw attribute values (any case of attribute name)."""
     lowered: dict[str, list[str]] = {}

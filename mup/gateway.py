@@ -9,7 +9,7 @@ interface only; ``mup.gateways.factory`` builds the configured gateway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -57,7 +57,7 @@ class DeliveryReport:
     reason: str = ""
 
 
-def to_record(item: InboundSMS | DeliveryReport, status: str = "") -> tuple[str, dict]:
+def to_record(item: InboundSMS | DeliveryReport, status: str = "") -> tuple[str, dict[str, Any]]:
     """The store key and record (plain JSON) for what a gateway posted.  An SMS is keyed
     ``<gateway>:<message id>``; a delivery report ``<gateway>:report:<id>:<status>``, so each
     state change is kept once however often it is posted."""
@@ -71,7 +71,7 @@ def to_record(item: InboundSMS | DeliveryReport, status: str = "") -> tuple[str,
         "state": item.state, "reason": item.reason}
 
 
-def from_record(record: Mapping) -> InboundSMS | DeliveryReport:
+def from_record(record: Mapping[str, Any]) -> InboundSMS | DeliveryReport:
     """Read back a stored record written by :func:`to_record`; raises ``ValueError`` for
     a record that is not one."""
     try:

@@ -24,13 +24,24 @@ Built from twisted.web's public API (``Site(timeout=...)``, a request factory, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    from mup.config import Section
 
 __all__ = ["GuardedSite", "Limits"]
 
@@ -64,7 +75,7 @@ class Limits:
     max_request_line: int = TWISTED_LINE_LIMIT
 
     @classmethod
-    def from_config(cls, section: Any) -> Limits:
+    def from_config(cls, section: Section) -> Limits:
         """From the ``[webhook]`` section (durations are strings such as ``"10s"``)."""
         from mup.config import parse_duration
 
@@ -92,13 +103,15 @@ class GuardedSite(Site):
     def __init__(self, resource: IResource, *, limits: Limits | None = None,
                  requestFactory: type[Request] = Request, **kwargs: Any) -> None:
         self.limits = limits or Limits()
-        super().__init__(resource, requestFactory=_reporting(requestFactory),
+        super().__init__(resource, requestFactory=_reporting(requestFactory),  # type: ignore[no-untyped-call]
                          timeout=self.limits.idle_timeout or None, **kwargs)
         self.connections: dict[GuardedConnection, None] = {}
         """Open connections, oldest first."""
         self._said_busy = float("-inf")
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    # Returns the channel wrapped (as twisted.protocols.policies does), not a bare channel.
+    def buildProtocol(  # type: ignore[override]
+            self, addr: IAddress | None) -> GuardedConnection | None:
         limits = self.limits
         open_ = [c for c in self.connections if c.phase != _CLOSING]
         waiting = [c for c in open_ if c.phase != _BUSY]
@@ -117,7 +130,7 @@ class GuardedSite(Site):
                 log.warn("receiver: {n} connections are all busy with requests; refusing new "
                          "ones ([webhook] max_connections)", n=len(open_))
             return None
-        channel = super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if channel is None:
             return None
         return GuardedConnection(self, channel)
@@ -135,9 +148,11 @@ class GuardedConnection(ProtocolWrapper):
     """One client connection: times its request line, headers and body; checks the line."""
 
     factory: GuardedSite
+    transport: ITCPTransport   # the listening port's TCP (or TLS over TCP) connection
     phase = _WAITING
 
-    def __init__(self, factory: GuardedSite, channel: Any) -> None:
+    def __init__(self, factory: GuardedSite, channel: IProtocol) -> None:
+        # GuardedSite is no WrappingFactory, but has what ProtocolWrapper calls on one.
         super().__init__(factory, channel)  # type: ignore[arg-type]
         self._timer: IDelayedCall | None = None
         self._line = 0
@@ -149,8 +164,8 @@ class GuardedConnection(ProtocolWrapper):
         """Whether anything was read from the client yet."""
         self._born = factory.reactor.seconds()
 
-    def makeConnection(self, transport: Any) -> None:
-        super().makeConnection(transport)
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
         self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
 
     def had_its_chance(self, now: float) -> bool:
@@ -166,13 +181,13 @@ class GuardedConnection(ProtocolWrapper):
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             self._stop()     # HTTP/2 (when installed) has its own framing: not timed here
             self.phase = _BUSY
-            super().dataReceived(data)
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
             return
         if self.phase == _WAITING:
             self._start(_HEADERS, self.factory.limits.header_timeout, "its request headers")
         if self.phase == _HEADERS and not self._line_done and not self._request_line(data):
             return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def _request_line(self, data: bytes) -> bool:
         """Count the request line's bytes (empty lines before it do not count); False when it
@@ -266,11 +281,11 @@ class GuardedConnection(ProtocolWrapper):
         self._abort = None
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop()
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 def _peer(connection: ProtocolWrapper) -> str:

@@ -14,14 +14,20 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,7 +45,7 @@ __all__ = ["IRCProtocol", "IRCService", "IRCSettings", "NotDelivered", "Refused"
 log = Logger()
 
 
-def retry_policy(max_delay: float) -> Any:
+def retry_policy(max_delay: float) -> Callable[[int], float]:
     """Seconds to wait before reconnect attempt N: 1, 2, 4, ... up to ``max_delay``, plus up
     to a second of jitter so a fleet of bots does not reconnect in step."""
     return backoffPolicy(initialDelay=1.0, maxDelay=max_delay, factor=2.0, jitter=random.random)
@@ -70,7 +76,7 @@ def connect_reason(failure: Failure) -> str:
     text = failure.getErrorMessage()
     if "certificate" in text.lower():
         return f"TLS certificate rejected: {text}"
-    return text or failure.type.__name__
+    return text or (failure.type.__name__ if failure.type is not None else "unknown error")
 
 
 @implementer(IStreamClientEndpoint)
@@ -79,12 +85,12 @@ class _DescribedEndpoint:
     reports why a connection attempt failed."""
 
     def __init__(self, endpoint: IStreamClientEndpoint, where: str,
-                 failed: Any) -> None:
+                 failed: Callable[[Failure], None]) -> None:
         self._endpoint = endpoint
         self.where = where
         self._failed = failed
 
-    def connect(self, factory: Any) -> Deferred[Any]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         d = self._endpoint.connect(factory)
 
         def report(failure: Failure) -> Failure:
@@ -102,12 +108,12 @@ class _DescribedEndpoint:
 class _IRCFactory(Factory):
     """Builds each connection with its settings, the service as its listener."""
 
-    def __init__(self, settings: IRCSettings, service: IRCService, clock: Any) -> None:
+    def __init__(self, settings: IRCSettings, service: IRCService, clock: IReactorTime) -> None:
         self.settings = settings
         self.service = service
         self.clock = clock
 
-    def buildProtocol(self, addr: Any) -> IRCProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> IRCProtocol:
         return IRCProtocol(self.settings, self.service, self.clock)
 
 
@@ -115,11 +121,14 @@ class IRCService(MultiService):
     """The bot's IRC presence: connects, reconnects forever, and offers delivery with
     confirmation to the rest of mup.  What people say goes to ``listener`` (None: nobody
     listens, e.g. a bot that only delivers).  It is the
-    :class:`~mup.ircprotocol.ConnectionListener` of each connection it makes."""
+    :class:`~mup.ircprotocol.ConnectionListener` of each connection it makes.
+
+    ``reactor``: for time and, unless ``endpoint`` is given, to connect through
+    (``clientFromString`` takes the whole reactor, which has no one static type)."""
 
     def __init__(self, config: Config, listener: MessageListener | None, reactor: Any,
                  endpoint: IStreamClientEndpoint | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.setName("irc")
         self.config = config
         self.listener = listener
@@ -241,7 +250,8 @@ class IRCService(MultiService):
     def stopService(self) -> Deferred[None] | None:
         if self.protocol is not None:
             self.protocol.quit()
-        return super().stopService()
+        stopped: Deferred[None] | None = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped
 
     # -- ConnectionListener: what the protocol reports ---------------------------------------
 

@@ -13,14 +13,17 @@ import base64
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from mup.config import Section
 
 from mup.ircevents import ChatLink, ChatMessage
 from mup.ircmsg import Message, decode, format_line, irc_lower, parse, split_message
@@ -69,7 +72,7 @@ class IRCSettings:
     rejoin_delay: float = 10.0
 
     @classmethod
-    def from_section(cls, irc: Any) -> IRCSettings:
+    def from_section(cls, irc: Section) -> IRCSettings:
         """From the config's ``[irc]`` section."""
         return cls(nick=irc.nick, alternate_nicks=tuple(irc.alternate_nicks),
                    username=irc.username, realname=irc.realname, password=irc.password,
@@ -100,6 +103,8 @@ class IRCProtocol(Protocol):
     """One IRC connection: registration (CAP, SASL), nicks, keepalive, channels, accounts; what
     people say goes to ``listener``, what to send comes back through :meth:`say` and
     :meth:`deliver` (the :class:`~mup.ircevents.ChatLink` a listener gets)."""
+
+    transport: ITCPTransport   # TCP, or TLS over TCP: either can be aborted
 
     def __init__(self, settings: IRCSettings, listener: ConnectionListener,
                  clock: IReactorTime) -> None:
@@ -169,7 +174,7 @@ class IRCProtocol(Protocol):
         log.info("IRC connection lost: {reason}", reason=reason.getErrorMessage())
         self.listener.connection_lost(self, reason)
 
-    def _later(self, name: str, delay: float, f: Any, *args: Any) -> None:
+    def _later(self, name: str, delay: float, f: Callable[..., object], *args: Any) -> None:
         """Run ``f`` after ``delay`` seconds, replacing any pending timer of the same name."""
         old = self._timers.pop(name, None)
         if old is not None and old.active():

@@ -15,7 +15,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 from urllib.parse import unquote, urlsplit
 
 from ldaptor.protocols import pureldap
@@ -26,7 +26,7 @@ from twisted.application.service import IService, Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +49,11 @@ from mup.directory import (
     sorted_people,
 )
 from mup.ldif import LDIFDirectory, LDIFError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
+    from mup.config import Section
 
 __all__ = ["SLUGGISH", "UNAVAILABLE", "Directory", "DirectoryError", "LDAPDirectory",
            "attributes_from_config", "directory_from_config", "escape_filter_value",
@@ -100,7 +105,7 @@ def query_filter(query: str, names: Attributes) -> pureldap.LDAPFilter:
 
 # --- The connection --------------------------------------------------------------------------
 
-class _Connection(LDAPClient):
+class _Connection(LDAPClient):  # type: ignore[misc]  # ldaptor has no types: LDAPClient is Any
     """One LDAP connection: ldaptor's client, plus a mark for why it cannot be used and a
     search that can time out.  (Methods, not attributes set from outside, so that they reach
     this protocol through ClientService's proxy.)"""
@@ -186,10 +191,11 @@ class _Settings:
 class LDAPDirectory(Service):
     """The directory over one reused, bound LDAP connection that reconnects by itself."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, reactor: Any, names: Attributes,
+    def __init__(self, endpoint: IStreamClientEndpoint, reactor: IReactorTime, names: Attributes,
                  base_dn: str, *, bind_dn: str = "", bind_password: str = "",
                  timeout: float = 5.0, max_in_flight: int = 16,
-                 reconnect_max_delay: float = 10.0, start_tls: Any = None,
+                 reconnect_max_delay: float = 10.0,
+                 start_tls: IOpenSSLClientConnectionCreator | None = None,
                  description: str = "the directory") -> None:
         self.names = names
         self._attributes = names.wanted()
@@ -202,23 +208,27 @@ class LDAPDirectory(Service):
         self._down = False
         self._last_error = "not connected yet"
         self._client = ClientService(endpoint, _ConnectionFactory(), retryPolicy=self._retry,
-                                     clock=reactor, prepareConnection=self._prepare)
+                                     clock=reactor, prepareConnection=self._prepare_proxy)
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
     def _retry(self, attempt: int) -> float:
-        delay = min(0.1 * 2 ** min(attempt, 30), self._settings.reconnect_max_delay)
+        delay = min(0.1 * 2.0 ** min(attempt, 30), self._settings.reconnect_max_delay)
         return delay * (1 + 0.2 * random.random())
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._client.startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self._client.stopService()
+
+    def _prepare_proxy(self, protocol: IProtocol) -> Deferred[None]:
+        # ClientService hands over a proxy of the connection, which forwards its methods.
+        return Deferred.fromCoroutine(self._prepare(cast(_Connection, protocol)))
 
     async def _prepare(self, connection: _Connection) -> None:
         """StartTLS and bind on every new connection, before any search uses it.
@@ -253,7 +263,7 @@ class LDAPDirectory(Service):
                                      f"{self._last_error}")
             d.addTimeout(max(deadline - self._reactor.seconds(), 0), self._reactor)
         try:
-            connection = await d
+            connection = cast(_Connection, await d)   # the proxy ClientService hands over
         except defer.TimeoutError:
             raise DirectoryError(f"could not connect to {self._description} within "
                                  f"{self._settings.timeout:g}s") from None
@@ -403,7 +413,7 @@ def _values_of(attributes: dict[str, list[str]], attr: str) -> list[str]:
 
 def _describe(e: BaseException | Failure) -> str:
     if isinstance(e, Failure):
-        e = e.value
+        e = e.value if e.value is not None else Exception(e.getErrorMessage())
     if isinstance(e, ldaperrors.LDAPException):
         name = getattr(e, "name", b"")
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -415,7 +425,7 @@ def _describe(e: BaseException | Failure) -> str:
 
 # --- From the config -------------------------------------------------------------------------
 
-def attributes_from_config(section: Any) -> Attributes:
+def attributes_from_config(section: Section) -> Attributes:
     return Attributes(
         nick=section.nick_attribute, account=section.account_attribute,
         name=section.name_attribute, mail=section.mail_attribute,
@@ -425,7 +435,7 @@ def attributes_from_config(section: Any) -> Attributes:
         offset=section.offset_attribute)
 
 
-def _tls_options(host: str, ca_path: str) -> Any:
+def _tls_options(host: str, ca_path: str) -> IOpenSSLClientConnectionCreator:
     from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
     trust = None
@@ -444,7 +454,8 @@ def directory_from_config(config: Config, reactor: Any
                           ) -> tuple[Directory, IService | None] | None:
     """The directory ``[ldap]`` describes and the service to start (None for the embedded
     directory, which needs none), or None when it has neither ``url`` nor ``ldif``.  Raises
-    :class:`ConfigError` for a bad URL or LDIF file."""
+    :class:`ConfigError` for a bad URL or LDIF file.  ``reactor``: for time and to connect
+    through (HostnameEndpoint wants the whole reactor, which has no one static type)."""
     section = config.ldap
     names = attributes_from_config(section)
     options: dict[str, Any] = dict(timeout=section.timeout, max_in_flight=section.max_in_flight,
@@ -473,7 +484,8 @@ def directory_from_config(config: Config, reactor: Any
         port = url.port or (636 if url.scheme == "ldaps" else 389)
     except ValueError:
         raise ConfigError(f"{where}: bad port in {section.url!r}") from None
-    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=max(1, int(section.timeout)))
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port,
+                                                       timeout=max(1, int(section.timeout)))
     start_tls = None
     try:
         if url.scheme == "ldaps":

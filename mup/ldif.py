@@ -52,7 +52,7 @@ _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*(;[A-Za-z0-9-]+)*|[0-9]+(\.[0-9]+
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """``(first line number, line)`` with folded lines joined; "" ends a record."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
         if line.startswith(" "):

@@ -41,7 +41,7 @@ class LevelFilterService(Service):
         self._wrapped: list[tuple[ILogObserver, ILogObserver]] = []
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.level is LogLevel.debug:
             return
         predicates = [LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_retries]
@@ -56,4 +56,4 @@ class LevelFilterService(Service):
             self._publisher.removeObserver(wrapper)
             self._publisher.addObserver(observer)
         self._wrapped = []
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]

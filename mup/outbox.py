@@ -15,7 +15,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mup.config import Config
 from mup.gateway import DeliveryReport
 from mup.store import StateStore
 from mup.store.table import StateTable, import_file, read_json_lines
@@ -62,7 +64,7 @@ class Outbox:
         self._table.load().addCallbacks(self._loaded, self._load_failed)
 
     @classmethod
-    def from_config(cls, config: Any, clock: IReactorTime, store: StateStore) -> Outbox:
+    def from_config(cls, config: Config, clock: IReactorTime, store: StateStore) -> Outbox:
         return cls(store, clock,
                    legacy_directory=config.resolve_path(config.section("state").directory))
 
@@ -130,7 +132,7 @@ class Outbox:
             import_file(self._table, self._legacy, _read_legacy, self._apply)
         self._expire()
 
-    def _load_failed(self, failure: Any) -> None:
+    def _load_failed(self, failure: Failure) -> None:
         log.error("SMS outbox cannot be read ({error}); delivery reports for earlier SMS will "
                   "not be announced", error=failure.getErrorMessage())
 

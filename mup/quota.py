@@ -18,7 +18,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mup.config import Config
 from mup.ratelimit import TokenBucket
 from mup.store import StateStore
 from mup.store.table import StateTable, import_file, read_json_lines
@@ -90,7 +92,7 @@ class Quota:
         self._table.load().addCallbacks(self._loaded, self._load_failed)
 
     @classmethod
-    def from_config(cls, config: Any, clock: IReactorTime, store: StateStore) -> Quota:
+    def from_config(cls, config: Config, clock: IReactorTime, store: StateStore) -> Quota:
         sms = config.section("sms")
         return cls(store, clock, sms.sender_burst, sms.sender_rate, sms.sender_daily,
                    sms.global_daily,
@@ -259,7 +261,7 @@ class Quota:
                                                  stamp=stamp)
         self._global = sum(self._daily.values())
 
-    def _load_failed(self, failure: Any) -> None:
+    def _load_failed(self, failure: Failure) -> None:
         log.error("SMS quota state cannot be read ({error}); every SMS is refused until it "
                   "is fixed", error=failure.getErrorMessage())
 

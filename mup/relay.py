@@ -285,7 +285,7 @@ def _cancel_timer(result: Any, timer: Any) -> Any:
 
 
 def _arg(request: IRequest, name: bytes, default: str) -> str:
-    values = request.args.get(name)
+    values: list[bytes] | None = request.args.get(name)
     if not values:
         return default
     return values[0].decode("utf-8", "replace")
@@ -309,7 +309,7 @@ class _Beside(Resource):
     the whole path as if it were the root."""
 
     def __init__(self, relay: IResource, fallback: IResource) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._relay = relay
         self._fallback = fallback
 

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mup.store import MessageStore, StoreError
+from mup.store import Entry, MessageStore, StoreError
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+
+    from mup.config import Config
 
 __all__ = ["RELAY_MARK", "RelayPuller", "check_settings", "make_puller"]
 
@@ -42,16 +48,18 @@ class RelayPuller(Service):
 
     ``store`` is the bot's :class:`mup.store.MessageStore`; ``wake`` is called after new
     messages were appended (``Delivery.wake``); ``http`` is a treq ``HTTPClient`` (or
-    ``StubTreq``)."""
+    ``StubTreq``); ``reactor``: for timers and for treq's requests (which want TCP, time and
+    name resolution from it at once: no one static type)."""
 
     log = Logger()
 
-    def __init__(self, url: str, token: str, store: MessageStore, wake: Callable[[], Any],
-                 reactor: Any, http: Any, *, poll_timeout: float = 30.0, limit: int = 200,
+    def __init__(self, url: str, token: str, store: MessageStore, wake: Callable[[], object],
+                 reactor: Any, http: HTTPClient, *, poll_timeout: float = 30.0, limit: int = 200,
                  window: int = 2000, min_delay: float = 0.5, max_delay: float = 60.0,
                  jitter: Callable[[], float] = random.random) -> None:
         self._base = url.rstrip("/")
-        self._headers = {b"Authorization": [b"Bearer " + token.encode("utf-8")]}
+        self._headers: dict[bytes | str, list[bytes | str]] = {
+            b"Authorization": [b"Bearer " + token.encode("utf-8")]}
         self._store = store
         self._wake = wake
         self._reactor = reactor
@@ -72,7 +80,7 @@ class RelayPuller(Service):
         self._room: Deferred[None] | None = None
         self._pulling: Deferred[None] | None = None
         self._waits: set[Deferred[Any]] = set()
-        self._backoffs: dict[Deferred[None], Any] = {}
+        self._backoffs: dict[Deferred[None], IDelayedCall] = {}
         self._trouble: str | None = None
         self._failures = 0
         self.pulled = 0
@@ -88,25 +96,25 @@ class RelayPuller(Service):
     # -- service ------------------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._pulling = ensureDeferred(self._pull_loop())
         self._pulling.addErrback(self._crashed, "pull")
         self._kick_acks()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for d in [self._pulling, self._acking, self._room, *self._waits]:
             if d is not None and not d.called:
                 d.cancel()
         return None
 
-    def _crashed(self, failure: Any, what: str) -> None:
+    def _crashed(self, failure: Failure, what: str) -> None:
         if not failure.check(CancelledError):
             self.log.failure("relay: the {what} loop stopped", failure, what=what)
 
     # -- the delivery hook --------------------------------------------------------------------
 
-    def delivered(self, entry: Any) -> None:
+    def delivered(self, entry: Entry) -> None:
         """Delivery's ``on_delivered`` hook: the IRC server confirmed ``entry``; if it came
         through the relay, acknowledge it there."""
         extra = entry.record.get("extra") if isinstance(entry.record, dict) else None
@@ -190,10 +198,10 @@ class RelayPuller(Service):
         results = await DeferredList([self._store.append(key, record)
                                       for key, record in records], consumeErrors=True)
         duplicates = []
-        failed = None
+        failed: Failure | None = None
         for (key, _), (ok, result) in zip(records, results, strict=True):
             if not ok:
-                failed = result
+                failed = cast(Failure, result)   # consumeErrors: a failed append's Failure
             elif result is None:
                 duplicates.append(key)
             else:
@@ -296,7 +304,7 @@ class RelayPuller(Service):
             self._backoffs.pop(d, None)
 
 
-def _cancelled(failure: Any, call: Any) -> Any:
+def _cancelled(failure: Failure, call: IDelayedCall) -> Failure:
     if call.active():
         call.cancel()
     return failure
@@ -325,7 +333,7 @@ def _network_reason(e: BaseException) -> str:
     return f"{type(e).__name__}" + (f": {text[0][:200]}" if text else "")
 
 
-def check_settings(config: Any) -> None:
+def check_settings(config: Config) -> None:
     """Refuse, in one line, an ``[inbound] relay_url`` that is not an http(s) URL, or one
     without ``relay_token`` (every pull would get 401)."""
     from mup.config import ConfigError
@@ -340,9 +348,10 @@ def check_settings(config: Any) -> None:
                           "(the relay's [relay] token)")
 
 
-def make_puller(config: Any, store: MessageStore, wake: Callable[[], Any], reactor: Any
+def make_puller(config: Config, store: MessageStore, wake: Callable[[], object], reactor: Any
                 ) -> RelayPuller:
-    """The puller for ``[inbound] relay_url``, with its own HTTP connection pool."""
+    """The puller for ``[inbound] relay_url``, with its own HTTP connection pool.
+    ``reactor``: for time and for the HTTP agent (which takes the whole reactor)."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from types import FrameType
+from typing import Any, Callable, Coroutine, Iterable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import threads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.logger import Logger
 
 from mup.config import Config, ConfigError, load
@@ -41,9 +43,11 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     """``"section.key"`` for every key whose value differs between two configs."""
     out = []
     for name in sorted(set(old.sections) | set(new.sections)):
-        a, b = old.sections.get(name), new.sections.get(name)
-        for key in sorted(set(a or ()) | set(b or ())):
-            if (a or {}).get(key) != (b or {}).get(key):
+        empty: Mapping[str, Any] = {}
+        a = old.sections.get(name) or empty
+        b = new.sections.get(name) or empty
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
                 out.append(f"{name}.{key}")
     return out
 
@@ -52,7 +56,7 @@ class Reload:
     """Reloads the config at ``config.path``; ``appliers`` are tried in order."""
 
     def __init__(self, config: Config, appliers: Iterable[Applier] = (),
-                 reactor: Any = None) -> None:
+                 reactor: IReactorThreads | None = None) -> None:
         self.config = config
         self.appliers = list(appliers)
         self._reactor = reactor
@@ -108,11 +112,15 @@ class Reload:
         return lines
 
 
-def install_sighup(reactor: Any, reload: Callable[[], Any]) -> Callable[[], None]:
+ReloadFunction = Callable[[], Coroutine[Any, Any, object]]
+"""What SIGHUP runs (:meth:`Reload.reload`)."""
+
+
+def install_sighup(reactor: IReactorFromThreads, reload: ReloadFunction) -> Callable[[], None]:
     """Reload on SIGHUP (``systemctl reload``); returns a function that puts the old handler
     back.  The signal only schedules the reload on the reactor thread."""
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         reactor.callFromThread(_run, reload)
 
     previous = signal.signal(signal.SIGHUP, handler)
@@ -123,7 +131,7 @@ def install_sighup(reactor: Any, reload: Callable[[], Any]) -> Callable[[], None
     return uninstall
 
 
-def _run(reload: Callable[[], Any]) -> None:
+def _run(reload: ReloadFunction) -> None:
     from twisted.internet.defer import ensureDeferred
 
     ensureDeferred(reload()).addErrback(lambda f: log.failure("reload failed", f))
@@ -132,13 +140,13 @@ def _run(reload: Callable[[], Any]) -> None:
 class SighupService(Service):
     """Reloads on SIGHUP while running (``systemctl reload``, ``kill -HUP``)."""
 
-    def __init__(self, reactor: Any, reload: Callable[[], Any]) -> None:
+    def __init__(self, reactor: IReactorFromThreads, reload: ReloadFunction) -> None:
         self._reactor = reactor
         self._reload = reload
         self._uninstall: Callable[[], None] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if hasattr(signal, "SIGHUP") and hasattr(self._reactor, "callFromThread"):
             self._uninstall = install_sighup(self._reactor, self._reload)
 
@@ -146,4 +154,4 @@ class SighupService(Service):
         if self._uninstall is not None:
             self._uninstall()
             self._uninstall = None
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]

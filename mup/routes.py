@@ -12,7 +12,9 @@ import json
 import os
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mup.store import StateStore
 from mup.store.table import StateTable, import_file
@@ -33,7 +35,7 @@ class ReplyRoutes:
     With a ``legacy_directory``, a ``reply-routes.json`` left there by an older mup is
     imported."""
 
-    def __init__(self, store: StateStore, window: float, clock: Any,
+    def __init__(self, store: StateStore, window: float, clock: IReactorTime,
                  legacy_directory: str = "") -> None:
         self._table = StateTable(store, TABLE, "reply routes")
         self.window = window
@@ -85,7 +87,7 @@ class ReplyRoutes:
             import_file(self._table, self._legacy, _read_legacy, self._apply)
         self._prune()
 
-    def _load_failed(self, failure: Any) -> None:
+    def _load_failed(self, failure: Failure) -> None:
         log.error("reply routes cannot be read ({error}); starting afresh",
                   error=failure.getErrorMessage())
 

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 from twisted.logger import Logger
 
+from mup.directory import Directory
 from mup.gateway import InboundSMS
 from mup.ircmsg import irc_lower
 from mup.phone import InvalidNumber, canonical, mask_number
 
-__all__ = ["SERVICE_NICKS", "Route", "Router"]
+__all__ = ["SERVICE_NICKS", "ReplyLookup", "Route", "Router"]
 
 log = Logger()
 
@@ -61,16 +62,24 @@ class Route:
         return bool(self.target) and self.target[0] not in "#&+!"
 
 
+class ReplyLookup(Protocol):
+    """Who was last sent an SMS to a number, while a reply may still go to them
+    (:class:`mup.routes.ReplyRoutes`)."""
+
+    def lookup(self, number: str) -> str | None:
+        ...
+
+
 class Router:
     """Decides a :class:`Route` for an :class:`InboundSMS`.
 
-    ``directory`` has ``by_phone(number)`` and ``by_nick(nick)`` returning
-    ``Deferred[Person | None]`` (or is None); ``routes`` has ``lookup(number) -> nick | None``;
+    ``directory``: the :class:`~mup.directory.Directory` (or None); ``routes``: a
+    :class:`ReplyLookup` (or None);
     ``is_present(nick)`` says whether a nick is on IRC now; ``own_nick()`` is the bot's
     current nick (from the IRC connection's state)."""
 
     def __init__(self, *, channels: list[str], default_channel: str, unknown_senders: str,
-                 region: str, directory: Any, routes: Any,
+                 region: str, directory: Directory | None, routes: ReplyLookup | None,
                  is_present: Callable[[str], bool],
                  own_nick: Callable[[], str] = lambda: "") -> None:
         self.channels = {irc_lower(c): c for c in channels}

@@ -6,20 +6,30 @@ gateway POST -> message store -> delivery -> IRC.  Only this module knows all th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import MultiService
 
 from mup.commands import Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import Config
-from mup.store import StateStore
+from mup.store import Entry, StateStore
+
+if TYPE_CHECKING:
+    from mup.adminwiring import InboundParts
+    from mup.directory import Directory
+    from mup.irc import IRCService
+    from mup.outbox import Outbox
 
 __all__ = ["make_service"]
 
 
 def make_service(config: Config, reactor: Any = None) -> MultiService:
-    """The whole bot as one service: IRC client, directory, SMS sender, webhook receiver."""
+    """The whole bot as one service: IRC client, directory, SMS sender, webhook receiver.
+
+    ``reactor`` (the global one by default) is handed to every part, each of which takes the
+    interface it needs (IReactorTime, IReactorThreads, ...): Twisted has no one static type
+    for all of them, hence ``Any`` here."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -57,7 +67,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     from mup.outbox import Outbox
     from mup.quota import Quota
 
-    sms_sent: list[Any] = []
+    sms_sent: list[Callable[[str, str], None]] = []
     outbox = Outbox.from_config(config, reactor, state)
     gateway = gateway_from_config(config, reactor)
     quota = None
@@ -80,7 +90,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     irc.setServiceParent(top)
     # Inbound SMS ([webhook] endpoint and/or [inbound] relay_url): gateway POST (or relay pull)
     # -> message store -> delivery -> IRC; reply routes fed by the sms command's on_sent.
-    inbound: dict[str, Any] = {}
+    inbound: InboundParts = {}
     if config.webhook.endpoint or config.inbound.relay_url:
         inbound = _inbound(config, reactor, top, irc, directory, outbox, sms_sent, state)
     # The operators' commands: channels, ignores, status, reload (also on SIGHUP), quota.
@@ -110,8 +120,9 @@ def _state_store(config: Config, reactor: Any) -> StateStore:
     return SQLiteStateStore.open(directory, reactor) if directory else MemoryStateStore()
 
 
-def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, directory: Any,
-             outbox: Any, sms_sent: list[Any], state: StateStore) -> dict[str, Any]:
+def _inbound(config: Config, reactor: Any, top: MultiService, irc: IRCService,
+             directory: Directory | None, outbox: Outbox,
+             sms_sent: list[Callable[[str, str], None]], state: StateStore) -> InboundParts:
     """Builds the inbound path; returns its parts the status report looks at."""
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
@@ -137,10 +148,10 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: Any, director
 
         check_settings(config)  # before the store is opened
     store = SQLiteMessageStore.open(config.resolve_path(config.webhook.journal), reactor)
-    delivered_hooks: list[Any] = []
-    parts: dict[str, Any] = {"store": store}
+    delivered_hooks: list[Callable[[Entry], None]] = []
+    parts: InboundParts = {"store": store}
 
-    def on_delivered(entry: Any) -> None:
+    def on_delivered(entry: Entry) -> None:
         for hook in delivered_hooks:
             hook(entry)
 

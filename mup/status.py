@@ -7,11 +7,12 @@ coroutine of it); a probe that fails or takes too long says so instead of holdin
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Sequence, Union
+from typing import Awaitable, Callable, Sequence, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["Probe", "Status", "pack"]
 
@@ -45,7 +46,7 @@ class Status:
         parts = await gatherResults([self._one(name, probe) for name, probe in self.probes])
         return pack(parts)
 
-    def _one(self, name: str, probe: Callable[[], Any]) -> Deferred[str]:
+    def _one(self, name: str, probe: Callable[[], str | Awaitable[str]]) -> Deferred[str]:
         async def run() -> str:
             result = probe()
             if inspect.isawaitable(result):
@@ -55,7 +56,7 @@ class Status:
         d = ensureDeferred(run())
         d.addTimeout(self._timeout, self._clock)
 
-        def failed(failure: Any) -> str:
+        def failed(failure: Failure) -> str:
             from twisted.internet.defer import TimeoutError
 
             if failure.check(TimeoutError):

@@ -11,21 +11,23 @@ mup-relay (whose pulls hear of new entries from the store itself).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from mup import metrics
-from mup.gateway import to_record
+from mup.config import Config
+from mup.gateway import DeliveryReport, InboundSMS, to_record
 from mup.gateways import inbound
 from mup.gateways.inbound import Posted, Refused
 from mup.httpserver import GuardedSite, Limits
@@ -39,7 +41,7 @@ TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 """Twilio's answer that sends nothing back."""
 
 
-Health = Mapping[str, Any] | Deferred[Mapping[str, Any]]
+Health = Mapping[str, Any] | Awaitable[Mapping[str, Any]]
 """Extra ``/healthz`` fields, now or later."""
 
 
@@ -60,15 +62,17 @@ class Receiver:
     it answer 503; it is also called before ``/metrics``, to refresh its gauges).
     Secrets come from ``[sms.kannel] inbound_token`` and ``[sms.twilio] auth_token``."""
 
-    def __init__(self, config: Any, store: MessageStore, *,
+    def __init__(self, config: Config, store: MessageStore, *,
                  on_accepted: Callable[[Entry], object] | None = None,
                  health: Callable[[], Health] | None = None,
-                 clock: Any = None) -> None:
+                 clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor  # the global reactor is typed as a module
+
+            clock = cast(IReactorTime, reactor)
         self.store = store
         self.on_accepted = on_accepted
-        self.health = health or dict
+        self.health: Callable[[], Health] = health or dict
         self.clock = clock
         self._closing_said = False
         # Label lookups once, not per request.
@@ -121,7 +125,8 @@ class Receiver:
         return self.clock.seconds()
 
     def _accept(self, request: Request, gateway: str, answer: bytes,
-                parse: Callable[[Posted], tuple[Any, str]]) -> Deferred[bytes] | bytes:
+                parse: Callable[[Posted], tuple[InboundSMS | DeliveryReport, str]]
+                ) -> Deferred[bytes] | bytes:
         """Check and parse synchronously (a refusal is answered at once), then answer once the
         store committed the record.  One Deferred per request: this path runs for every
         post a gateway makes, so it keeps to plain callbacks (no coroutine)."""
@@ -181,8 +186,10 @@ class Receiver:
         if getattr(request, "too_large", False) or (
                 length is not None and (not length.isdigit() or int(length) > self.max_body)):
             raise TooLarge(f"body over {self.max_body} bytes")
-        request.content.seek(0)
-        body = request.content.read(self.max_body + 1)
+        content = request.content
+        assert content is not None   # a Request has its body once it is handed to a resource
+        content.seek(0)
+        body = content.read(self.max_body + 1)
         if len(body) > self.max_body:
             raise TooLarge(f"body over {self.max_body} bytes")
         headers = {name.decode("latin-1").lower(): b",".join(values).decode("latin-1")
@@ -222,7 +229,7 @@ class Receiver:
             status["oldest_waiting_age"] = None if backlog.oldest is None else round(
                 max(0.0, self._now() - backlog.oldest), 3)
         try:
-            status.update(await maybeDeferred(self.health))
+            status.update(await self._health())
         except Exception:
             log.failure("health check failed")
             status["health_check"] = False
@@ -239,15 +246,21 @@ class Receiver:
     async def _metrics(self, request: Request) -> bytes:
         try:
             metrics.backlog.set((await self.store.backlog()).count)
-            await maybeDeferred(self.health)
+            await self._health()
         except Exception as e:  # noqa: BLE001 - the figures are stale, the rest still useful
             log.error("metrics: cannot refresh the backlog: {why}", why=e)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
 
 
+    async def _health(self) -> Mapping[str, Any]:
+        """The ``health`` hook's fields, whether it answered now or later."""
+        extra = self.health()
+        return extra if isinstance(extra, Mapping) else await extra
+
+
 class _QuietSite(GuardedSite):
-    def log(self, request: Request) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """No access log: URLs carry tokens and phone numbers."""
 
 
@@ -262,14 +275,14 @@ class _LimitedRequest(Request):
         if length is not None and length > self.max_body:
             self.too_large = True
             length = 0
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self._received > self.max_body:
             self.too_large = True
         if not self.too_large:
-            super().handleContentChunk(data)
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
 
 def _limited_request(max_body: int) -> type[Request]:
@@ -280,7 +293,7 @@ class WebhookService(Service):
     """Listens on a Twisted server endpoint string (``tcp:port=8080:interface=127.0.0.1``,
     ``ssl:...``) with ``site``; ``listening`` fires with the port (tests read the number)."""
 
-    def __init__(self, endpoint: str, site: Site, reactor: Any) -> None:
+    def __init__(self, endpoint: str, site: Site, reactor: IReactorCore) -> None:
         self.endpoint = endpoint
         self.site = site
         self.reactor = reactor
@@ -288,7 +301,7 @@ class WebhookService(Service):
         self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         d = serverFromString(self.reactor, self.endpoint).listen(self.site)
         failure = []
 
@@ -297,7 +310,7 @@ class WebhookService(Service):
             log.info("webhook receiver listening on {address}", address=port.getHost())
             self.listening.callback(port)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             failure.append(f)
             log.error("webhook receiver cannot listen on {endpoint}: {why}",
                       endpoint=self.endpoint, why=f.getErrorMessage())
@@ -316,7 +329,7 @@ class WebhookService(Service):
             failure[0].raiseException()
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()

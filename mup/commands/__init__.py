@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Protocol, Union
+from typing import Awaitable, Callable, Iterable, Iterator, Protocol, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mup.config import Config
 from mup.ircevents import ChatLink, ChatMessage
 from mup.ircmsg import irc_lower
 from mup.ratelimit import PerKeyLimit
@@ -248,7 +249,8 @@ class Dispatcher:
         self.limit = PerKeyLimit(burst, rate, clock)
 
     @classmethod
-    def from_config(cls, commands: Commands, config: Any, clock: IReactorTime) -> Dispatcher:
+    def from_config(cls, commands: Commands, config: Config, clock: IReactorTime
+                    ) -> Dispatcher:
         """With the ``[irc]`` keys ``prefix``, ``command_burst`` and ``command_rate``."""
         irc = config.irc
         return cls(commands, clock, prefix=irc.prefix, burst=irc.command_burst,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from twisted.internet.interfaces import IReactorTime
 
 from mup.commands import Command, Request, UsageError
 from mup.directory import Directory, DirectoryError
@@ -13,7 +13,7 @@ __all__ = ["NOBODY", "poke"]
 NOBODY = "Cannot find anyone matching this. :-("
 
 
-def poke(directory: Directory, clock: Any) -> Command:
+def poke(directory: Directory, clock: IReactorTime) -> Command:
     """The poke command over ``directory``; ``clock.seconds()`` gives "now" for local times."""
 
     async def run(request: Request) -> str:

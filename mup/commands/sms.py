@@ -11,17 +11,19 @@ from __future__ import annotations
 import fnmatch
 import re
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from twisted.logger import Logger
 
 from mup.commands import Command, Request, UsageError
+from mup.config import Config
 from mup.directory import Directory
+from mup.gateway import Gateway
 from mup.phone import InvalidNumber, MaskedNumber, mask_number, normalise
 from mup.segments import count
 from mup.text import one_line
 
-__all__ = ["sms"]
+__all__ = ["SMSBudget", "SentRecorder", "sms"]
 
 log = Logger()
 
@@ -33,8 +35,33 @@ class _NotAllowed(Exception):
     command."""
 
 
-def sms(directory: Directory, gateway: Any, quota: Any, config: Any,
-        on_sent: Callable[[str, str], None] | None = None, outbox: Any = None) -> Command:
+class SMSBudget(Protocol):
+    """The per-sender SMS budget the command spends from (:class:`mup.quota.Quota`)."""
+
+    def reserve(self, sender: str, segments: int) -> str | None:
+        """Take ``segments`` from ``sender``'s budget; or the refusal to show them."""
+        ...
+
+    def refund(self, sender: str, segments: int) -> None:
+        """Give back what a failed send had reserved."""
+        ...
+
+    def describe(self, sender: str, you: bool = False) -> str:
+        """``sender``'s budget in a sentence (``you``: addressed to them)."""
+        ...
+
+
+class SentRecorder(Protocol):
+    """Remembers the SMS sent, for their delivery reports (:class:`mup.outbox.Outbox`)."""
+
+    def record(self, reference: str, gateway: str, message_id: str, requester: str,
+               recipient: str) -> object:
+        ...
+
+
+def sms(directory: Directory, gateway: Gateway, quota: SMSBudget, config: Config,
+        on_sent: Callable[[str, str], None] | None = None,
+        outbox: SentRecorder | None = None) -> Command:
     """The ``sms`` command.
 
     ``directory`` is a :class:`mup.directory.Directory` (``find_all`` finds both people);

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.internet import error as net_error
@@ -20,11 +20,15 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mup import metrics
 from mup.gateway import SendResult
 from mup.phone import MaskedNumber
 from mup.text import clean_reason
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = ["Answer", "HTTPGateway", "Unknowable", "real_http_client"]
 
@@ -48,16 +52,17 @@ class Answer:
         return self.body.decode("utf-8", "replace").strip()
 
 
-def real_http_client(reactor: Any) -> Any:
+def real_http_client(reactor: Any) -> HTTPClient:
     """A treq client with a persistent connection pool; HTTPS certificates are verified.
     It keeps no cookies: no gateway needs them, and nothing should carry from one SMS to the
-    next."""
+    next.  ``reactor``: the whole reactor, which the agent connects through."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
-    return HTTPClient(Agent(reactor, pool=pool), cookiejar=_NoCookies())
+    # treq takes any CookieJar at run time; its annotation names its own subclass.
+    return HTTPClient(Agent(reactor, pool=pool), cookiejar=_NoCookies())  # type: ignore[arg-type]
 
 
 class _NoCookies(CookieJar):
@@ -79,7 +84,7 @@ class HTTPGateway:
 
     name = "http"
 
-    def __init__(self, http: Any, clock: IReactorTime, timeout: float = 10.0,
+    def __init__(self, http: HTTPClient, clock: IReactorTime, timeout: float = 10.0,
                  retries: int = 3, backoff: float = 1.0) -> None:
         self._http = http
         self._clock = clock
@@ -94,7 +99,7 @@ class HTTPGateway:
         """Send ``text`` to ``number`` (E.164); never errbacks."""
         d = Deferred.fromCoroutine(self._send(number, text, reference))
 
-        def unexpected(failure: Any) -> SendResult:
+        def unexpected(failure: Failure) -> SendResult:
             log.failure("{gateway}: sending failed unexpectedly", failure, gateway=self.name)
             return SendResult("failed", "an internal error in mup; it has been logged")
 

@@ -7,7 +7,7 @@ with ``<info>``.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -15,6 +15,9 @@ from mup.gateway import SendResult
 from mup.gateways import Answer, HTTPGateway
 from mup.segments import count
 from mup.text import clean_reason
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = ["AQLGateway", "STATUSES"]
 
@@ -33,8 +36,8 @@ class AQLGateway(HTTPGateway):
 
     name = "aql"
 
-    def __init__(self, http: Any, clock: IReactorTime, url: str, username: str, password: str,
-                 sender: str = "", timeout: float = 10.0, retries: int = 3,
+    def __init__(self, http: HTTPClient, clock: IReactorTime, url: str, username: str,
+                 password: str, sender: str = "", timeout: float = 10.0, retries: int = 3,
                  backoff: float = 1.0) -> None:
         super().__init__(http, clock, timeout, retries, backoff)
         self.url = url

@@ -3,19 +3,25 @@ that knows every gateway class (each is imported only when chosen)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mup.config import Config, Section
 from mup.gateway import Gateway
-from mup.gateways import real_http_client
+from mup.gateways import HTTPGateway, real_http_client
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = ["gateway_from_config"]
 
 
-def gateway_from_config(config: Any, reactor: Any, http_client: Any = None) -> Gateway | None:
+def gateway_from_config(config: Config, reactor: Any, http_client: HTTPClient | None = None
+                        ) -> Gateway | None:
     """The gateway ``[sms] gateway`` names, built from its section; None when SMS is off.
 
     ``http_client`` is a treq ``HTTPClient`` (tests pass ``treq.testing.StubTreq``); by default
-    one with a persistent pool on ``reactor``."""
+    one with a persistent pool on ``reactor`` (the whole reactor: the agent connects through
+    it, and the gateway's timers run on it)."""
     sms = config.section("sms")
     if not sms.gateway:
         return None
@@ -27,8 +33,8 @@ def gateway_from_config(config: Any, reactor: Any, http_client: Any = None) -> G
     return gateway
 
 
-def _build(config: Any, reactor: Any, sms: Any, http: Any, public_url: str,
-           common: dict[str, Any]) -> Any:
+def _build(config: Config, reactor: Any, sms: Section, http: HTTPClient, public_url: str,
+           common: dict[str, Any]) -> HTTPGateway:
     if sms.gateway == "kannel":
         from mup.gateways.kannel import KannelGateway
 

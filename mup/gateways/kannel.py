@@ -6,7 +6,7 @@ connected), ``403`` for a wrong login, ``400`` for a bad request and ``503`` whe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from twisted.internet.interfaces import IReactorTime
@@ -15,6 +15,9 @@ from mup.gateway import SendResult
 from mup.gateways import Answer, HTTPGateway
 from mup.segments import UCS2, count
 from mup.text import clean_reason
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = ["DLR_MASK", "KannelGateway", "dlr_url"]
 
@@ -34,7 +37,7 @@ class KannelGateway(HTTPGateway):
 
     name = "kannel"
 
-    def __init__(self, http: Any, clock: IReactorTime, sendsms_url: str, username: str,
+    def __init__(self, http: HTTPClient, clock: IReactorTime, sendsms_url: str, username: str,
                  password: str, sender: str = "", smsc: str = "", public_url: str = "",
                  inbound_token: str = "", timeout: float = 10.0, retries: int = 3,
                  backoff: float = 1.0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +18,9 @@ from mup.gateway import SendResult
 from mup.gateways import Answer, HTTPGateway
 from mup.segments import count
 from mup.text import clean_reason
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 __all__ = ["ERRORS", "TwilioGateway"]
 
@@ -45,7 +48,7 @@ class TwilioGateway(HTTPGateway):
 
     name = "twilio"
 
-    def __init__(self, http: Any, clock: IReactorTime, account_sid: str, auth_token: str,
+    def __init__(self, http: HTTPClient, clock: IReactorTime, account_sid: str, auth_token: str,
                  sender: str = "", messaging_service_sid: str = "",
                  api_url: str = "https://api.twilio.com", public_url: str = "",
                  timeout: float = 10.0, retries: int = 3, backoff: float = 1.0) -> None:

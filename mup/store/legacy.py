@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 import zlib
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -55,11 +56,12 @@ def _segments(directory: str) -> list[str]:
                   if name.endswith(".seg") and len(name) == 20)
 
 
-def read_old_journal(directory: str) -> tuple[list[tuple[str, float, dict]], dict[str, float]]:
+def read_old_journal(directory: str
+                     ) -> tuple[list[tuple[str, float, dict[str, Any]]], dict[str, float]]:
     """What an old journal holds: pending messages ``(key, appended, record)`` in order, and
     the keys of delivered ones with their time."""
     keys: dict[str, float] = {}
-    pending: dict[int, tuple[str, float, dict]] = {}
+    pending: dict[int, tuple[str, float, dict[str, Any]]] = {}
     keys_path = os.path.join(directory, "keys")
     if os.path.exists(keys_path):
         with open(keys_path, "rb") as f:

@@ -336,8 +336,8 @@ class PostgresMessageStore:
         if not self._queue:
             self._writing = False
             idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            for waiting in idle:
+                waiting.callback(None)
             return
         batch = self._queue[:self.batch_limit]
         del self._queue[:self.batch_limit]
@@ -588,6 +588,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], where: str) -> str:
         if row is None:
             raise StoreOpenError(f"{where}: mup_meta has no row; not a mup store")
         version, epoch = row
+        epoch_text: str = epoch
         if version > SCHEMA_VERSION:
             raise StoreOpenError(f"{where}: the store has schema version {version}, newer than "
                                  f"this mup understands ({SCHEMA_VERSION}); upgrade mup")
@@ -596,7 +597,7 @@ def _prepare_schema(conn: psycopg.Connection[Any], where: str) -> str:
                 conn.execute(statement)
             version += 1
             conn.execute("UPDATE mup_meta SET schema_version = %s", (version,))
-    return epoch
+    return epoch_text
 
 
 _APPEND = """

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -208,14 +208,14 @@ class SQLiteMessageStore:
         self._reader: ThreadPool | None = None
         self._queue: list[_Op] = []
         self._busy = False
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
         self._failing = False
         self._closed = False
         self._locked: str | None = None
         self._subscribers: list[Callable[[], None]] = []
-        self._timers: list[Any] = []
-        self._probe_call: Any = None
-        self._trigger: Any = None
+        self._timers: list[IDelayedCall] = []
+        self._probe_call: IDelayedCall | None = None
+        self._trigger: object = None   # the reactor's opaque shutdown trigger id
 
     @classmethod
     def open(cls, directory: str, reactor: Any = None, *, dedupe_window: float = 7 * 86400,
@@ -415,7 +415,9 @@ class SQLiteMessageStore:
                           "ON CONFLICT (key) DO NOTHING", (op.key, op.appended, op.text))
         if cur.rowcount == 0:
             return None
-        return Entry(cur.lastrowid, op.key, json.loads(op.text), op.appended)
+        seq = cur.lastrowid
+        assert seq is not None   # a row was inserted
+        return Entry(seq, op.key, json.loads(op.text), op.appended)
 
     def _do_done(self, con: sqlite3.Connection, op: _Op) -> None:
         rows = [(s,) for s in op.seqs]

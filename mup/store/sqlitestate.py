@@ -20,7 +20,7 @@ import sqlite3
 from typing import Any, Callable
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -86,7 +86,7 @@ class SQLiteStateStore:
         """The writer's connection, opened by (and only used in) the writer thread."""
         self._queue: list[tuple[_Op, defer.Deferred[None]]] = []
         self._busy = False
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
         self._closed = False
         self._closing: defer.Deferred[None] | None = None
         self._finishing = False
@@ -162,7 +162,11 @@ class SQLiteStateStore:
             self._maybe_finish()
         # A fresh Deferred per caller, so one caller's callbacks do not change another's result.
         d: defer.Deferred[None] = defer.Deferred()
-        self._closing.addBoth(lambda r: (d.callback(None), r)[1])
+        def tell(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._closing.addBoth(tell)
         return d
 
     # -- the writer ---------------------------------------------------------------------------

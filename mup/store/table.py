@@ -107,7 +107,7 @@ class ClosingService(Service):
         self.store = store
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802 - Twisted's name
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self.store.close()
 
 

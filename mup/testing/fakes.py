@@ -37,7 +37,7 @@ class _Fake(Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.messages: list[dict[str, Any]] = []
         self.requests = 0
         """Every request seen, failed or not."""
@@ -107,7 +107,7 @@ class FakeTwilio(_Fake):
         return json.dumps({"code": code, "message": message, "status": status,
                            "more_info": f"https://www.twilio.com/docs/errors/{code}"}).encode()
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         failed = self._failure(request)
         if failed is not None:
             return failed
@@ -188,7 +188,7 @@ class FakeAQL(_Fake):
             self._failures.append(_Failure(status, b"Service unavailable", b"text/plain",
                                            retry_after))
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         failed = self._failure(request)
         if failed is not None:
             return failed

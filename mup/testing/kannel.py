@@ -157,7 +157,8 @@ class Kannel:
         url = (f"http://127.0.0.1:{self.admin_port}/status.txt?"
                f"password={urllib.parse.quote(self.admin_password)}")
         with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode("utf-8", "replace")
+            body: bytes = response.read()
+            return body.decode("utf-8", "replace")
 
     def smsbox_connected(self) -> bool:
         try:
@@ -205,8 +206,9 @@ class Kannel:
         self.fakesmsc.proc.stdin.write(line.encode())
         self.fakesmsc.proc.stdin.flush()
         wanted = f"fakesmsc: sent message {self._injected_here + 1}"
-        wait_for(lambda: wanted in self.fakesmsc.output(), 10, "fakesmsc to send the MO",
-                 self.fakesmsc.alive)
+        fakesmsc = self.fakesmsc
+        wait_for(lambda: wanted in fakesmsc.output(), 10, "fakesmsc to send the MO",
+                 fakesmsc.alive)
         self._injected_here += 1
 
     def received(self) -> list[MT]:

@@ -75,7 +75,8 @@ class Postgres:
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n"
                                f"{done.stdout}{done.stderr}")
-        return done.stdout
+        out: str = done.stdout
+        return out
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -145,7 +146,8 @@ class Postgres:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def execute(self, sql: str, params: Any = None, dbname: str = "postgres") -> list[tuple]:
+    def execute(self, sql: str, params: Any = None, dbname: str = "postgres"
+                ) -> list[tuple[Any, ...]]:
         """Run one statement (autocommit) and return its rows (empty when it returns none)."""
         import psycopg
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["ServerProcess", "free_port", "missing_binary", "require_binary", "taken_port",
            "twistd_argv"]
@@ -24,7 +24,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager
@@ -93,7 +94,7 @@ class ServerProcess:
         self.log = Path(log)
         self._logfile = open(self.log, "ab")
         # ``user``: run as that user (a root test starting a server that refuses root).
-        as_user: dict = {"user": user, "group": user, "extra_groups": []} if user else {}
+        as_user: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
         self.proc = subprocess.Popen(self.argv, stdout=self._logfile, stderr=subprocess.STDOUT,
                                      stdin=stdin, cwd=cwd, env=env, start_new_session=True,
                                      **as_user)

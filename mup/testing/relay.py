@@ -83,7 +83,8 @@ class RelayProcess:
         conn = self.connection()
         try:
             conn.request("GET", "/healthz")
-            return json.loads(conn.getresponse().read())
+            health: dict[str, Any] = json.loads(conn.getresponse().read())
+            return health
         finally:
             conn.close()
 

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Callable
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from mup.config import Config
 
 
 class Options(usage.Options):
@@ -19,7 +23,7 @@ class Options(usage.Options):
             raise usage.UsageError("--config FILE is required")
 
 
-def _make(name: str, path: str, make):
+def _make(name: str, path: str, make: Callable[[Config], MultiService]) -> MultiService:
     """Load the config and build the service; a config problem, found while loading or while
     building (a bad LDIF, say), is one line on stderr and exit status 1, never a traceback."""
     from mup.config import ConfigError, load
@@ -43,14 +47,14 @@ class _StartOrExit(MultiService):
     stderr and exit status 1, like a config error, not a traceback."""
 
     def __init__(self, name: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._name = name
 
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
 
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]
         except CannotListenError as e:
             # twistd has redirected sys.stderr into the log by now: write to the real one.
             (sys.__stderr__ or sys.stderr).write(f"{self._name}: {e}\n")
@@ -63,7 +67,7 @@ class MupServiceMaker:
     description = "mup: the IRC bot that bridges a company directory (LDAP) and SMS."
     options = Options
 
-    def makeService(self, options: Options):
+    def makeService(self, options: Options) -> MultiService:
         from mup.service import make_service
 
         return _make(self.tapname, options["config"], make_service)
@@ -79,7 +83,7 @@ class MupRelayServiceMaker:
                    "down; the bot pulls them ([inbound] relay_url).")
     options = Options
 
-    def makeService(self, options: Options):
+    def makeService(self, options: Options) -> MultiService:
         from mup.relay import make_relay_service
 
         return _make(self.tapname, options["config"], make_relay_service)
