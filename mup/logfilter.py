@@ -7,9 +7,12 @@ so this service wraps the observers already registered on the global publisher w
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     LogLevel,
@@ -18,18 +21,25 @@ from twisted.logger import (
     PredicateResult,
     globalLogPublisher,
 )
+from zope.interface import implementer
 
 __all__ = ["LevelFilterService", "quiet_retries"]
 
 
-def quiet_retries(event: LogEvent) -> PredicateResult:
+@implementer(ILogFilterPredicate)
+class _QuietRetries:
     """Drop ClientService's line for every reconnect attempt (``Scheduling retry N to connect
     ...``): the IRC service logs the reason once per change instead.  Shown at ``debug``."""
-    if (event.get("log_level") is LogLevel.info
-            and str(event.get("log_namespace", "")).startswith("twisted.application")
-            and str(event.get("log_format", "")).startswith("Scheduling retry")):
-        return PredicateResult.no
-    return PredicateResult.maybe
+
+    def __call__(self, event: LogEvent) -> object:
+        if (event.get("log_level") is LogLevel.info
+                and str(event.get("log_namespace", "")).startswith("twisted.application")
+                and str(event.get("log_format", "")).startswith("Scheduling retry")):
+            return cast(object, PredicateResult.no)
+        return cast(object, PredicateResult.maybe)
+
+
+quiet_retries = _QuietRetries()
 
 
 class LevelFilterService(Service):
@@ -44,7 +54,8 @@ class LevelFilterService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         if self.level is LogLevel.debug:
             return
-        predicates = [LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_retries]
+        predicates: list[ILogFilterPredicate] = [
+            LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_retries]
         for observer in list(getattr(self._publisher, "_observers", [])):
             wrapper = FilteringLogObserver(observer, predicates)
             self._publisher.removeObserver(observer)
