@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 
 from mup import metrics
 from mup.gateway import DeliveryReport, InboundSMS, from_record
+from mup.inboundrouter import Route
 from mup.ircmsg import irc_lower, split_message
 from mup.phone import mask_number
-from mup.routing import Route
 from mup.store import Entry, MessageStore
 from mup.text import clean_text
 
@@ -96,7 +96,7 @@ class DeliveryLink(Protocol):
 
 
 class SMSRouter(Protocol):
-    """Where an inbound SMS goes (:class:`mup.routing.Router`)."""
+    """Where an inbound SMS goes (:class:`mup.inboundrouter.Router`)."""
 
     @property
     def default_channel(self) -> str:

@@ -37,9 +37,9 @@ from mup.config import Config, ConfigError
 from mup.ircevents import ChatLink, ChatMessage, MessageListener
 from mup.ircmsg import irc_lower, sanitize
 from mup.ircprotocol import IRCProtocol, IRCSettings
-from mup.ircqueue import NotDelivered, Refused
+from mup.ircqueue import NotDelivered, TargetRefused
 
-__all__ = ["IRCProtocol", "IRCService", "IRCSettings", "NotDelivered", "Refused",
+__all__ = ["IRCProtocol", "IRCService", "IRCSettings", "NotDelivered", "TargetRefused",
            "retry_policy"]
 
 log = Logger()
@@ -175,7 +175,7 @@ class IRCService(MultiService):
         """Send text to a nick or channel; fire once the server has processed every line.
 
         Errbacks with :class:`NotDelivered` when not connected, or when the connection is lost
-        before the server confirms (try again later); with :class:`Refused` (a ValueError) when
+        before the server confirms (try again later); with :class:`TargetRefused` (a ValueError) when
         the server refused the target (no such nick or channel, cannot send there)."""
         protocol = self.protocol
         if protocol is None or not protocol.ready:

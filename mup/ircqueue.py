@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from mup.ratelimit import TokenBucket
 
 __all__ = ["CONFIRM_LINES", "CONFIRM_SECONDS", "DELIVERY_LANE", "NotDelivered", "OutputQueue",
-           "Refused"]
+           "TargetRefused"]
 
 CONFIRM_LINES = 4
 """Lines sent after a delivery's last line before its confirming PING must go."""
@@ -42,7 +42,7 @@ class NotDelivered(Exception):
     """The connection was lost (or was not up) before the server confirmed the lines."""
 
 
-class Refused(ValueError):
+class TargetRefused(ValueError):
     """The server refused the target: no such nick or channel, or it cannot be sent to
     (moderated, banned, not joined).  Sending again will not help; pick another target."""
 
@@ -96,7 +96,7 @@ class OutputQueue:
     def deliver(self, lines: list[bytes], target: str, lane: str = DELIVERY_LANE
                 ) -> Deferred[None]:
         """Queue ``lines`` to folded ``target``; fire once the server processed them (a PONG),
-        errback :class:`Refused` if it refused ``target`` meanwhile, :class:`NotDelivered` if
+        errback :class:`TargetRefused` if it refused ``target`` meanwhile, :class:`NotDelivered` if
         the queue is closed first."""
         waiter = _Waiter(Deferred(lambda d: self._cancel(waiter)), target)
         if self._closed:
@@ -115,13 +115,13 @@ class OutputQueue:
             if waiter.cancelled:
                 continue
             if waiter.refusals:
-                waiter.d.errback(Refused(waiter.refusals[0]))
+                waiter.d.errback(TargetRefused(waiter.refusals[0]))
             else:
                 waiter.d.callback(None)
 
     def refused(self, target: str, reason: str) -> None:
         """The server refused folded ``target``: deliveries to it sent and not yet confirmed
-        will errback :class:`Refused`."""
+        will errback :class:`TargetRefused`."""
         for waiters in (self._unpinged, *self._pings.values()):
             for waiter in waiters:
                 if waiter.target == target:

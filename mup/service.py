@@ -126,8 +126,8 @@ def _inbound(config: Config, reactor: Any, top: MultiService, irc: IRCService,
     """Builds the inbound path; returns its parts the status report looks at."""
     from mup.config import ConfigError, parse_duration
     from mup.delivery import Delivery
-    from mup.routes import ReplyRoutes
-    from mup.routing import Router
+    from mup.inboundrouter import Router
+    from mup.replyroutes import ReplyRoutes
     from mup.store.sqlite import SQLiteMessageStore
     from mup.webhook import Receiver, WebhookService
 

@@ -15,9 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mup.delivery import LINE_BYTES, Delivery, format_lines
 from mup.gateway import DeliveryReport, InboundSMS, to_record
+from mup.inboundrouter import Route, Router
 from mup.irc import NotDelivered
-from mup.routes import ReplyRoutes
-from mup.routing import Route, Router
+from mup.replyroutes import ReplyRoutes
 from mup.store.memory import MemoryStateStore
 
 _sync = SynchronousTestCase()

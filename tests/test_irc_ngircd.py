@@ -11,7 +11,7 @@ import pytest
 from mup.commands import Command, Commands, Dispatcher
 from mup.commands.basic import echo
 from mup.config import parse as parse_config
-from mup.irc import IRCService, Refused
+from mup.irc import IRCService, TargetRefused
 from mup.testing.ngircd import Ngircd
 from mup.testing.process import wait_for
 
@@ -179,11 +179,11 @@ def test_deliver_is_confirmed_after_the_server_relayed_it(ngircd_fast, irc_clien
         assert len(raw) <= 512
         received.append(raw.decode().rstrip("\r\n").split(" :", 1)[1])
     assert "".join(received) == text
-    # a nick that is not there: the server says so before the PONG, and deliver says Refused
+    # a nick that is not there: the server says so before the PONG, and deliver says TargetRefused
     outcome: list[Any] = []
     irc_reactor.call(lambda: service.deliver("nosuchnick", "hello").addBoth(outcome.append))
     wait_for(lambda: bool(outcome), 5, "the refusal")
-    assert isinstance(outcome[0].value, Refused), outcome[0]
+    assert isinstance(outcome[0].value, TargetRefused), outcome[0]
 
 
 def test_200_lines_are_not_flood_kicked_with_default_server_flood_control(

@@ -495,7 +495,7 @@ def test_tcp_nodelay_is_set() -> None:
 
 
 def test_deliver_to_a_refused_target_errbacks_refused() -> None:
-    from mup.irc import Refused
+    from mup.irc import TargetRefused
 
     bot = Bot(line_rate=0)
     bot.register()
@@ -507,13 +507,13 @@ def test_deliver_to_a_refused_target_errbacks_refused() -> None:
              f":irc.test PONG irc.test :{ghost_token}", f":irc.test PONG irc.test :{ops_token}")
     failures: list[Failure] = []
     d.addErrback(failures.append)
-    assert failures[0].check(Refused) and "ghost" in str(failures[0].value)
+    assert failures[0].check(TargetRefused) and "ghost" in str(failures[0].value)
     assert isinstance(failures[0].value, ValueError)
     assert other.result is None
 
 
 def test_deliver_to_a_moderated_channel_errbacks_refused() -> None:
-    from mup.irc import Refused
+    from mup.irc import TargetRefused
 
     bot = Bot(line_rate=0)
     bot.register()
@@ -523,7 +523,7 @@ def test_deliver_to_a_moderated_channel_errbacks_refused() -> None:
              f":irc.test PONG irc.test :{token}")
     failures: list[Failure] = []
     d.addErrback(failures.append)
-    assert failures[0].check(Refused)
+    assert failures[0].check(TargetRefused)
 
 
 def test_account_tags_are_remembered_only_for_channel_members() -> None:

@@ -147,8 +147,8 @@ def test_an_inbound_sender_in_a_written_form_is_found_in_the_directory(tmp_path,
     from twisted.trial.unittest import SynchronousTestCase
 
     from mup.gateway import InboundSMS
+    from mup.inboundrouter import Router
     from mup.people import Person
-    from mup.routing import Router
 
     jo = Person("jo", "Jo Demo", "jo@example.com", (("mobile", "+44 7700 900123"),),
                 "+447700900123", "")

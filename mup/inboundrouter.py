@@ -64,7 +64,7 @@ class Route:
 
 class ReplyLookup(Protocol):
     """Who was last sent an SMS to a number, while a reply may still go to them
-    (:class:`mup.routes.ReplyRoutes`)."""
+    (:class:`mup.replyroutes.ReplyRoutes`)."""
 
     def lookup(self, number: str) -> str | None:
         ...

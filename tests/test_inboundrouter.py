@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mup.gateway import InboundSMS
-from mup.routes import ReplyRoutes
-from mup.routing import Route, Router
+from mup.inboundrouter import Route, Router
+from mup.replyroutes import ReplyRoutes
 from mup.store.memory import MemoryStateStore
 from mup.store.sqlitestate import SQLiteStateStore
 
