@@ -175,8 +175,9 @@ class IRCService(MultiService):
         """Send text to a nick or channel; fire once the server has processed every line.
 
         Errbacks with :class:`NotDelivered` when not connected, or when the connection is lost
-        before the server confirms (try again later); with :class:`TargetRefused` (a ValueError) when
-        the server refused the target (no such nick or channel, cannot send there)."""
+        before the server confirms (try again later); with :class:`TargetRefused` (a
+        ValueError) when the server refused the target (no such nick or channel, cannot send
+        there)."""
         protocol = self.protocol
         if protocol is None or not protocol.ready:
             return fail(NotDelivered("not connected to IRC"))
