@@ -120,7 +120,16 @@ class Relay:
     def health(self) -> Deferred[dict[str, Any]]:
         """What the relay adds to the receiver's ``/healthz`` (and refreshes its gauges, as
         the receiver asks before ``/metrics`` too)."""
-        return self._store.backlog().addCallback(self._health)
+        return self._store.backlog().addCallbacks(self._health, self._no_backlog)
+
+    def _no_backlog(self, failure: Any) -> dict[str, Any]:
+        """The store cannot be read now (the database is gone): the receiver says so already
+        (``journal_writable`` false, one log line per check), no traceback on top."""
+        failure.trap(StoreError)
+        status: dict[str, Any] = {"relay_backlog": None}
+        if isinstance(self._store, Listening):
+            status["store_listening"] = self._store.listening()
+        return status
 
     def _health(self, backlog: Backlog) -> dict[str, Any]:
         now = self._reactor.seconds()
