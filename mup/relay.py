@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from klein import Klein
 from prometheus_client import Counter, Gauge
@@ -53,6 +53,14 @@ _oldest = Gauge("mup_relay_oldest_undelivered_age_seconds", "Age of the oldest m
                 "acknowledged (0 when none)", registry=metrics.REGISTRY)
 _last_pull = Gauge("mup_relay_last_pull_timestamp_seconds", "Unix time of the bot's last pull "
                    "(0: none since the relay started)", registry=metrics.REGISTRY)
+
+
+@runtime_checkable
+class Listening(Protocol):
+    """A store shared by several relays that hears of their commits on a connection of its
+    own (PostgreSQL's LISTEN); ``listening()`` is false while that connection is down."""
+
+    def listening(self) -> bool: ...
 
 
 class CursorError(ValueError):
@@ -112,18 +120,32 @@ class Relay:
     def health(self) -> Deferred[dict[str, Any]]:
         """What the relay adds to the receiver's ``/healthz`` (and refreshes its gauges, as
         the receiver asks before ``/metrics`` too)."""
-        return self._store.backlog().addCallback(self._health)
+        return self._store.backlog().addCallbacks(self._health, self._no_backlog)
+
+    def _no_backlog(self, failure: Any) -> dict[str, Any]:
+        """The store cannot be read now (the database is gone): the receiver says so already
+        (``journal_writable`` false, one log line per check), no traceback on top."""
+        failure.trap(StoreError)
+        status: dict[str, Any] = {"relay_backlog": None}
+        if isinstance(self._store, Listening):
+            status["store_listening"] = self._store.listening()
+        return status
 
     def _health(self, backlog: Backlog) -> dict[str, Any]:
         now = self._reactor.seconds()
         oldest = 0.0 if backlog.oldest is None else max(0.0, now - backlog.oldest)
         _backlog.set(backlog.count)
         _oldest.set(oldest)
-        return {
+        status: dict[str, Any] = {
             "relay_backlog": backlog.count,
             "oldest_undelivered_age": round(oldest, 3),
             "last_pull_age": None if self.last_pull is None else round(now - self.last_pull, 3),
         }
+        if isinstance(self._store, Listening):
+            # Shared store: without its LISTEN connection a waiting pull would not hear of
+            # other relays' commits, so the relay is not healthy (503, out of the rotation).
+            status["store_listening"] = self._store.listening()
+        return status
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -322,6 +344,21 @@ class _Beside(Resource):
         return self._fallback.render(request)
 
 
+def open_store(config: Config, reactor: Any) -> MessageStore:
+    """The relay's store, before the reactor runs: ``[relay] store`` empty is the local SQLite
+    journal in ``[webhook] journal``; a libpq connection string is PostgreSQL, shared with any
+    other relay given the same one.  A store that cannot be opened (a bad or unreachable URL,
+    a journal held by another process) is a one-line StoreOpenError naming the key or path."""
+    if config.relay.store.strip():
+        from mup.store.postgres import PostgresMessageStore
+
+        return PostgresMessageStore.open(config.relay.store, reactor,
+                                         where=f"{config.path}: [relay] store")
+    from mup.store.sqlite import SQLiteMessageStore
+
+    return SQLiteMessageStore.open(config.resolve_path(config.webhook.journal), reactor)
+
+
 def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
     """``twistd mup-relay``: the webhook receiver and message store, plus the pull protocol."""
     if reactor is None:
@@ -333,10 +370,9 @@ def make_relay_service(config: Config, reactor: Any = None) -> MultiService:
     if not config.relay.token:
         raise ConfigError(f"{config.path}: [relay] token must be set for mup-relay (the bot "
                           "presents it as [inbound] relay_token)")
-    from mup.store.sqlite import SQLiteMessageStore
     from mup.webhook import Receiver, WebhookService
 
-    store = SQLiteMessageStore.open(config.resolve_path(config.webhook.journal), reactor)
+    store = open_store(config, reactor)
     relay = Relay(store, config.relay.token, config.relay.poll_timeout, reactor)
     store.backlog().addCallbacks(lambda backlog: Relay.log.info(
         "mup-relay: {n} messages kept for the bot; pulls wait up to {t:g} s",

@@ -382,3 +382,59 @@ def test_acknowledgements_survive_reopening_the_real_store(tmp_path: Any) -> Non
     relay = Relay(reopened, TOKEN, 30, clock)
     assert settle(relay.health())["relay_backlog"] == 2
     reopened.close()
+
+
+class SharedStore(FakeStore):
+    """A FakeStore that, like PostgreSQL's, hears of other relays' commits on a connection of
+    its own (``listening``), and whose reads can fail as a database that went away does."""
+
+    listening_now: bool = True
+    unreadable: bool = False
+
+    def listening(self) -> bool:
+        return self.listening_now
+
+    def backlog(self) -> Any:
+        if self.unreadable:
+            from twisted.internet.defer import fail
+
+            return fail(StoreError("PostgreSQL: connection refused"))
+        return super().backlog()
+
+
+def test_healthz_of_a_shared_store_says_whether_it_listens_and_503_while_it_does_not() -> None:
+    h = Harness(store=SharedStore())
+    code, body = h.answer(h.request("GET", "/healthz", headers={}))
+    assert code == 200 and json.loads(body)["store_listening"] is True
+    h.store.listening_now = False
+    code, body = h.answer(h.request("GET", "/healthz", headers={}))
+    assert code == 503 and json.loads(body)["store_listening"] is False
+    local = Harness()  # a store of one process's own: nothing to listen for
+    assert "store_listening" not in json.loads(
+        local.answer(local.request("GET", "/healthz", headers={}))[1])
+
+
+def test_healthz_while_the_database_is_gone_is_503_and_no_failed_check() -> None:
+    """The receiver reports the store unwritable; the relay's own check does not fail on top
+    (a traceback per health check, several a second from each load balancer)."""
+    from twisted.logger import globalLogPublisher
+
+    h = Harness(store=SharedStore())
+    h.store.is_writable = False
+    h.store.unreadable = True
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        code, body = h.answer(h.request("GET", "/healthz", headers={}))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    health = json.loads(body)
+    assert code == 503
+    assert health["journal_writable"] is False and health["relay_backlog"] is None
+    assert "health_check" not in health
+    assert failures == []

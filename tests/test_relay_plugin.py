@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -67,3 +68,40 @@ def test_a_relay_whose_port_is_taken_exits_instead_of_hanging(tmp_path):
         result = twistd("-n", "--pidfile=", "mup-relay", "--config", str(path), cwd=tmp_path)
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
+
+
+def _relay_with_store(tmp_path, store: str):
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[webhook]\nendpoint = "tcp:port=0:interface=127.0.0.1"\n'
+                    f'journal = "{tmp_path / "journal"}"\n'
+                    f'[relay]\ntoken = "t"\nstore = "{store}"\n')
+    return path
+
+
+@pytest.mark.parametrize("store,message", [
+    ("host=127.0.0.1 port=1 user=mup password=hunter2 connect_timeout=3",
+     "[relay] store: cannot connect to PostgreSQL: "),
+    ("postgresql://mup:hunter2@127.0.0.1:1/mup", "[relay] store: cannot connect to PostgreSQL: "),
+    ("host=127.0.0.1 nonsense", "[relay] store: not a libpq connection string: "),
+    ("postgresql://mup:hunter2@[::1/mup", "[relay] store: not a libpq connection string"),
+])
+def test_a_bad_or_unreachable_store_is_one_line_naming_the_key(tmp_path, store, message):
+    """Checked before the reactor runs: exit 1, one line, never the password."""
+    path = _relay_with_store(tmp_path, store)
+    result = twistd("-n", "--pidfile=", "mup-relay", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"mup-relay: {path}: {message}"), lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_store_from_the_environment_is_used_and_its_errors_name_the_key(tmp_path):
+    path = _relay_with_store(tmp_path, "")
+    env = dict(os.environ, MUP_RELAY_STORE="postgresql://mup:hunter2@127.0.0.1:1/mup")
+    result = subprocess.run(twistd_argv("-n", "--pidfile=", "mup-relay", "--config", str(path)),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert f"mup-relay: {path}: [relay] store: cannot connect to PostgreSQL" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout

@@ -19,12 +19,13 @@ __all__ = ["KannelPoster", "RelayProcess"]
 
 
 class RelayProcess:
-    """``twistd -n mup-relay`` on 127.0.0.1, its journal in ``directory``; ``start()`` again
+    """``twistd -n mup-relay`` on 127.0.0.1, its journal in ``directory`` (or its messages in
+    PostgreSQL: ``store`` is then the ``[relay] store`` connection string); ``start()`` again
     after ``kill()`` reuses the journal and the port, as an operator's restart would."""
 
     def __init__(self, directory: Path, *, token: str = "relay-token",
                  kannel_token: str = "kannel-token", poll_timeout: float = 30.0,
-                 port: int | None = None, tls: bool = False) -> None:
+                 port: int | None = None, tls: bool = False, store: str = "") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.token = token
@@ -50,6 +51,7 @@ class RelayProcess:
             "[relay]\n"
             f'token = "{token}"\n'
             f"poll_timeout = {float(poll_timeout)}\n"
+            f"store = {json.dumps(store)}\n"
             "[log]\n"
             'level = "info"\n')
         self.process: ServerProcess | None = None
@@ -80,13 +82,25 @@ class RelayProcess:
                        for i in range(1, self.starts + 1))
 
     def health(self) -> dict[str, Any]:
+        return self.healthz()[1]
+
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: its status (200, or 503 when a check fails) and its fields."""
         conn = self.connection()
         try:
             conn.request("GET", "/healthz")
-            health: dict[str, Any] = json.loads(conn.getresponse().read())
-            return health
+            response = conn.getresponse()
+            fields: dict[str, Any] = json.loads(response.read())
+            return response.status, fields
         finally:
             conn.close()
+
+    def healthy(self) -> bool:
+        """``/healthz`` answers 200 (False while it answers 503 or not at all)."""
+        try:
+            return self.healthz()[0] == 200
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
 
     def ssl_context(self) -> Any:
         """For TLS: a client context that trusts the relay's certificate (else None)."""
