@@ -204,11 +204,17 @@ class Delivery(Service):
             d.cancel()
 
     def accept(self, entry: Entry) -> None:
-        """A new stored entry (the receiver's ``on_accepted``)."""
-        if entry.seq == self._scanned + 1 and not self._scanning:
+        """A new stored entry (the receiver's ``on_accepted``): queued at once when it follows
+        what was read already; otherwise (the backlog is still being read, after a restart)
+        the read takes it in its turn, so a sender's new SMS never passes their older ones."""
+        if self._scanning:
+            self._scan_again = True
+        elif entry.seq == self._scanned + 1:
             self._scanned = entry.seq   # no gap before it: a later scan starts after it
-        self._enqueue(entry)
-        self._pump()
+            self._enqueue(entry)
+            self._pump()
+        elif entry.seq > self._scanned:
+            self.wake()
 
     def wake(self) -> None:
         """Someone appended to the store: read the entries not seen yet (one scan at a time)."""

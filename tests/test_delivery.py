@@ -361,6 +361,32 @@ def test_a_large_backlog_is_read_a_page_at_a_time_in_order(tmp_path, monkeypatch
     assert len(shown) == 12
 
 
+def test_a_post_accepted_while_the_backlog_is_read_waits_its_turn(tmp_path) -> None:
+    """After a restart the backlog is read from the store (a thread); a sender's new post
+    accepted meanwhile must not be shown before their older waiting ones (seen as an order
+    failure in test_crash)."""
+    h = Harness(tmp_path)
+    h.post(N, "#ops old one", accept=False)
+    h.post(N, "#ops old two", accept=False)
+    pending = h.store.pending
+    held: list[Deferred] = []
+
+    def later(after: int = 0, limit: int | None = None) -> Any:
+        d: Deferred = Deferred()
+        held.append(d)
+        d.addCallback(lambda _: _sync.successResultOf(pending(after, limit)))
+        return d
+
+    h.store.pending = later
+    h.start()
+    h.post(N, "#ops new one")          # accepted while the first read has not returned
+    assert h.lines("#ops") == []
+    while held:
+        held.pop(0).callback(None)
+    assert [line for line in h.lines("#ops") if line.startswith("[SMS]")] == [
+        "[SMS] <niemeyer> old one", "[SMS] <niemeyer> old two", "[SMS] <niemeyer> new one"]
+
+
 def test_wake_finds_entries_appended_by_others_once(h: Harness) -> None:
     e1 = h.post(N, "#ops via relay", accept=False)
     h.delivery.wake()
