@@ -278,6 +278,24 @@ def bench_accepts(seconds: int, connections: int, old: str | None = None,
               f"{r['cpu_us']:4.0f} us CPU a request ({r['cpu_us'] - noop['cpu_us']:+4.0f})  {what}")
 
 
+def _response_end(head: str, buf: bytes, body: int) -> int | None:
+    """Where the response whose body starts at ``body`` ends (Content-Length or chunked)."""
+    length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+    if length is not None:
+        end = body + int(length.group(1))
+        return end if len(buf) >= end else None
+    while True:                       # chunked: size line, data, CRLF; a 0 size ends it
+        line_end = buf.find(b"\r\n", body)
+        if line_end < 0:
+            return None
+        size = int(buf[body:line_end].split(b";")[0], 16)
+        body = line_end + 2 + size + 2
+        if len(buf) < body:
+            return None
+        if size == 0:
+            return body
+
+
 def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
                   kind: str = "receiver", old: str | None = None, base: str | None = None,
                   tag: str = "") -> dict:
@@ -335,10 +353,10 @@ def paced_latency(tmp: Path, connections: int, rate: int, seconds: int,
                 if head_end < 0:
                     continue
                 head = c["buf"][:head_end].decode("latin-1")
-                length = int(re.search(r"(?im)^content-length:\s*(\d+)", head).group(1))
-                if len(c["buf"]) < head_end + 4 + length:
+                end_ = _response_end(head, c["buf"], head_end + 4)
+                if end_ is None:
                     continue
-                c["buf"] = c["buf"][head_end + 4 + length:]
+                c["buf"] = c["buf"][end_:]
                 latencies.append((time.perf_counter() - c["sent"]) * 1000)
                 if not head.startswith("HTTP/1.1 2"):
                     non2xx += 1
