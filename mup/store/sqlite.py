@@ -467,7 +467,7 @@ class SQLiteMessageStore:
         for op, result in zip(batch, results, strict=True):
             new = new or (op.kind == "append" and result is not None)
             op.d.callback(result)
-        self._next()
+        self._next(at_once=True)
         if new:
             for callback in list(self._subscribers):
                 try:
@@ -488,7 +488,7 @@ class SQLiteMessageStore:
         error = StoreError(f"{self.path}: {failure.getErrorMessage()}")
         for op in batch:
             op.d.errback(Failure(error))
-        self._next()
+        self._next(at_once=True)
 
     def _probe(self) -> None:
         """Not writable: try a small write now and then, as the receiver stops appending."""
@@ -496,12 +496,12 @@ class SQLiteMessageStore:
             self._enqueue(_Op("probe", appended=self._reactor.seconds())).addErrback(
                 lambda f: None)
 
-    def _next(self) -> None:
-        """Start the next batch: at once on the writer thread when it is idle (what arrives
-        meanwhile goes in the batch after); inline, on the next turn, to batch a turn's work."""
+    def _next(self, at_once: bool = False) -> None:
+        """Start the next batch at the end of this reactor turn, so that the posts read in one
+        turn share a commit; ``at_once`` after a commit (what queued meanwhile has waited)."""
         if not self._queue or self._closed or self._call is not None or self._busy:
             return
-        if self._threaded and self._writer is not None and self._writer.ident is not None:
+        if at_once and self._threaded and self._writer is not None and self._writer.ident:
             self._flush()
         else:
             self._call = self._reactor.callLater(0, self._flush)
