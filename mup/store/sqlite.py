@@ -262,7 +262,10 @@ class SQLiteMessageStore:
 
     def _start(self) -> None:
         if self._threaded:
-            self._writer = threading.Thread(target=self._writing, name="mup-store-writer")
+            # A daemon: a process that ends without closing the store is not held up by it
+            # (an unfinished transaction is rolled back by SQLite; nothing was answered 2xx).
+            self._writer = threading.Thread(target=self._writing, name="mup-store-writer",
+                                            daemon=True)
             self._reader = ThreadPool(1, 1, name="mup-store-reader")
             # Not before the reactor runs: after twistd's fork, and a start-up that fails
             # later must not be kept alive by these threads.  Work queues until then.
