@@ -10,6 +10,7 @@ mup-relay (whose pulls hear of new entries from the store itself).
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any, Awaitable, Callable, Mapping, cast
 
@@ -289,6 +290,23 @@ def _limited_request(max_body: int) -> type[Request]:
     return type("LimitedRequest", (_LimitedRequest,), {"max_body": max_body})
 
 
+_heap_settled = False
+
+
+def _settle_heap() -> None:
+    """Once per process, when a receiver first listens: take what start-up built (modules,
+    config, phone metadata) out of the garbage collector's walks (``gc.freeze``).
+
+    A busy receiver keeps each post alive across reactor turns until its commit, so the
+    collector promotes them and runs full passes often; each walked the whole start-up heap
+    (measured at 16 connections: 35 ms a pass, about half the collector's time, and what a
+    p99 sees).  Frozen objects are still freed by reference counting."""
+    global _heap_settled
+    if not _heap_settled:
+        _heap_settled = True
+        gc.freeze()
+
+
 class WebhookService(Service):
     """Listens on a Twisted server endpoint string (``tcp:port=8080:interface=127.0.0.1``,
     ``ssl:...``) with ``site``; ``listening`` fires with the port (tests read the number)."""
@@ -307,6 +325,7 @@ class WebhookService(Service):
 
         def listened(port: IListeningPort) -> None:
             self.port = port
+            _settle_heap()
             log.info("webhook receiver listening on {address}", address=port.getHost())
             self.listening.callback(port)
 

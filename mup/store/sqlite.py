@@ -4,12 +4,14 @@ Two tables hold it all: ``messages`` (accepted, not yet delivered; ``seq`` is th
 rowid, so it never goes back) and ``seen`` (keys of delivered messages, kept for the dedupe
 window).  WAL and ``synchronous=FULL``: a commit is on disk when it returns.
 
-Writes go through one writer thread that commits whatever queued up while the previous commit
-ran (group commit); reads go through a reader thread and connection of their own, so the
-reactor never waits on SQLite.  A reactor that cannot run threads (``task.Clock`` in tests)
-gets the same work done inline.  The database is opened (checked, migrated, an old journal
-imported) before the reactor runs; the threads open their own connections once it does, so a
-twistd that forks into the background carries no SQLite connection across the fork.
+Writes go through one writer thread that commits whatever queued up while the previous commit ran
+(group commit): a batch goes to it through a queue and its results come back in one
+``callFromThread``, as this is on every post's path; reads go through a reader thread and
+connection of their own, so the reactor never waits on SQLite. A reactor that cannot run threads
+(``task.Clock`` in tests) gets the same work done inline. The database is opened (checked,
+migrated, an old journal imported) before the reactor runs; the threads open their own connections
+once it does, so a twistd that forks into the background carries no SQLite connection across the
+fork.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import errno
 import fcntl
 import json
 import os
+import queue
 import secrets
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -47,6 +51,10 @@ PROBE = 1.0
 """Seconds between attempts to write again after a failed commit."""
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+_APPEND = ("INSERT INTO messages (key, appended, record) SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
+           "(SELECT 1 FROM seen WHERE key = ?1 AND appended >= ?4) ON CONFLICT (key) DO NOTHING")
 
 
 def _create(con: sqlite3.Connection) -> None:
@@ -204,7 +212,8 @@ class SQLiteMessageStore:
         self._connect = connector
         self._writer_con: Any = None
         self._reader_con: Any = None
-        self._writer: ThreadPool | None = None
+        self._writer: threading.Thread | None = None
+        self._inbox: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._reader: ThreadPool | None = None
         self._queue: list[_Op] = []
         self._busy = False
@@ -253,14 +262,21 @@ class SQLiteMessageStore:
 
     def _start(self) -> None:
         if self._threaded:
-            self._writer = ThreadPool(1, 1, name="mup-store-writer")
+            # A daemon: a process that ends without closing the store is not held up by it
+            # (an unfinished transaction is rolled back by SQLite; nothing was answered 2xx).
+            self._writer = threading.Thread(target=self._writing, name="mup-store-writer",
+                                            daemon=True)
             self._reader = ThreadPool(1, 1, name="mup-store-reader")
             # Not before the reactor runs: after twistd's fork, and a start-up that fails
             # later must not be kept alive by these threads.  Work queues until then.
-            self._reactor.callWhenRunning(self._writer.start)
+            self._reactor.callWhenRunning(self._start_writer)
             self._reactor.callWhenRunning(self._reader.start)
             self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
         self._timers.append(self._reactor.callLater(0, self.housekeep))
+
+    def _start_writer(self) -> None:
+        if not self._closed and self._writer is not None:
+            self._writer.start()
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -336,12 +352,16 @@ class SQLiteMessageStore:
             except (ValueError, KeyError):
                 pass
             self._trigger = None
-        for pool, con in ((self._writer, "_writer_con"), (self._reader, "_reader_con")):
-            if pool is not None and pool.started:
-                pool.callInThread(self._close_connection, con)
-                pool.stop()   # runs what is queued (a commit in progress) first
-            else:
-                self._close_connection(con)
+        if self._writer is not None and self._writer.ident is not None:
+            self._inbox.put(None)   # after what is queued (a commit in progress)
+            self._writer.join()
+        else:
+            self._close_connection("_writer_con")
+        if self._reader is not None and self._reader.started:
+            self._reader.callInThread(self._close_connection, "_reader_con")
+            self._reader.stop()   # runs what is queued first
+        else:
+            self._close_connection("_reader_con")
         if self._locked is not None:
             _unlock(self._locked)
             self._locked = None
@@ -370,12 +390,27 @@ class SQLiteMessageStore:
         batch, self._queue = self._queue[:4096], self._queue[4096:]
         self._busy = True
         if self._threaded:
-            assert self._writer is not None
-            d = threads.deferToThreadPool(self._reactor, self._writer, self._write, batch)
+            self._inbox.put(batch)
+            return
+        try:
+            results = self._write(batch)
+        except BaseException:
+            self._write_failed(Failure(), batch)
         else:
-            d = defer.maybeDeferred(self._write, batch)
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
+            self._written(results, batch)
+
+    def _writing(self) -> None:
+        """The writer thread: writes each batch the reactor puts in the inbox, and hands the
+        results back in one call; ``None`` closes its connection and ends it."""
+        call = self._reactor.callFromThread
+        while (batch := self._inbox.get()) is not None:
+            try:
+                results = self._write(batch)
+            except BaseException:
+                call(self._write_failed, Failure(), batch)
+            else:
+                call(self._written, results, batch)
+        self._close_connection("_writer_con")
 
     def _write(self, batch: list[_Op]) -> list[Any]:
         """On the writer thread: one transaction for the batch; each op's result."""
@@ -408,11 +443,8 @@ class SQLiteMessageStore:
         return out
 
     def _do_append(self, con: sqlite3.Connection, op: _Op) -> Entry | None:
-        row = con.execute("SELECT appended FROM seen WHERE key = ?", (op.key,)).fetchone()
-        if row is not None and row[0] >= op.appended - self._window:
-            return None
-        cur = con.execute("INSERT INTO messages (key, appended, record) VALUES (?, ?, ?) "
-                          "ON CONFLICT (key) DO NOTHING", (op.key, op.appended, op.text))
+        # One statement: new unless pending, or delivered within the dedupe window.
+        cur = con.execute(_APPEND, (op.key, op.appended, op.text, op.appended - self._window))
         if cur.rowcount == 0:
             return None
         seq = cur.lastrowid
@@ -440,7 +472,7 @@ class SQLiteMessageStore:
         for op, result in zip(batch, results, strict=True):
             new = new or (op.kind == "append" and result is not None)
             op.d.callback(result)
-        self._next()
+        self._next(at_once=True)
         if new:
             for callback in list(self._subscribers):
                 try:
@@ -461,7 +493,7 @@ class SQLiteMessageStore:
         error = StoreError(f"{self.path}: {failure.getErrorMessage()}")
         for op in batch:
             op.d.errback(Failure(error))
-        self._next()
+        self._next(at_once=True)
 
     def _probe(self) -> None:
         """Not writable: try a small write now and then, as the receiver stops appending."""
@@ -469,12 +501,12 @@ class SQLiteMessageStore:
             self._enqueue(_Op("probe", appended=self._reactor.seconds())).addErrback(
                 lambda f: None)
 
-    def _next(self) -> None:
-        """Start the next batch: at once on the writer thread when it is idle (what arrives
-        meanwhile goes in the batch after); inline, on the next turn, to batch a turn's work."""
+    def _next(self, at_once: bool = False) -> None:
+        """Start the next batch at the end of this reactor turn, so that the posts read in one
+        turn share a commit; ``at_once`` after a commit (what queued meanwhile has waited)."""
         if not self._queue or self._closed or self._call is not None or self._busy:
             return
-        if self._threaded and self._writer is not None and self._writer.started:
+        if at_once and self._threaded and self._writer is not None and self._writer.ident:
             self._flush()
         else:
             self._call = self._reactor.callLater(0, self._flush)
