@@ -441,7 +441,7 @@ def lines_of_code() -> None:
     before = count("1fc4d52", ["mup/journal.py", "mup/eventlog.py", "mup/routes.py",
                                "mup/outbox.py", "mup/quota.py"])
     now = count(None, ["mup/store/__init__.py", "mup/store/sqlite.py", "mup/store/legacy.py",
-                       "mup/store/sqlitestate.py", "mup/eventlog.py", "mup/routes.py",
+                       "mup/store/sqlitestate.py", "mup/replyroutes.py",
                        "mup/outbox.py", "mup/quota.py"])
     print("lines of storage code (inbound messages; the state files are another change's):")
     print(f"  before (1fc4d52): mup/journal.py {before.get('mup/journal.py', 0)}; "

@@ -10,7 +10,6 @@ mup-relay (whose pulls hear of new entries from the store itself).
 
 from __future__ import annotations
 
-import gc
 import json
 from typing import Any, Awaitable, Callable, Mapping, cast
 
@@ -30,7 +29,7 @@ from mup import metrics
 from mup.config import Config
 from mup.gateway import DeliveryReport, InboundSMS, to_record
 from mup.gateways import inbound
-from mup.gateways.inbound import Posted, Refused
+from mup.gateways.inbound import Posted, PostRefused
 from mup.httpserver import GuardedSite, Limits
 from mup.store import Entry, MessageStore, StoreClosed, StoreError
 
@@ -46,11 +45,11 @@ Health = Mapping[str, Any] | Awaitable[Mapping[str, Any]]
 """Extra ``/healthz`` fields, now or later."""
 
 
-class TooLarge(Refused):
+class TooLarge(PostRefused):
     code = 413
 
 
-class _Unavailable(Refused):
+class _Unavailable(PostRefused):
     code = 503
 
 
@@ -136,7 +135,7 @@ class Receiver:
             key, record = to_record(item, status)
             if not self.store.writable():
                 raise _Unavailable("the journal is not writable; try again later")
-        except Refused as e:
+        except PostRefused as e:
             return self._refuse(request, e)
         # ``out`` is what Klein waits on; it cancels it when the gateway hangs up, which must
         # leave the store's write alone (the entry is delivered all the same).
@@ -197,7 +196,7 @@ class Receiver:
                    for name, values in request.requestHeaders.getAllRawHeaders()}
         return Posted(request.method.decode("ascii", "replace"), request.uri, headers, body)
 
-    def _refuse(self, request: Request, refused: Refused, quiet: bool = False) -> bytes:
+    def _refuse(self, request: Request, refused: PostRefused, quiet: bool = False) -> bytes:
         """Answer ``refused``; ``quiet``: its cause is logged already."""
         metrics.rejected.labels({400: "malformed", 403: "forbidden", 413: "too_large"}.get(
             refused.code, "unavailable")).inc()
@@ -290,23 +289,6 @@ def _limited_request(max_body: int) -> type[Request]:
     return type("LimitedRequest", (_LimitedRequest,), {"max_body": max_body})
 
 
-_heap_settled = False
-
-
-def _settle_heap() -> None:
-    """Once per process, when a receiver first listens: take what start-up built (modules,
-    config, phone metadata) out of the garbage collector's walks (``gc.freeze``).
-
-    A busy receiver keeps each post alive across reactor turns until its commit, so the
-    collector promotes them and runs full passes often; each walked the whole start-up heap
-    (measured at 16 connections: 35 ms a pass, about half the collector's time, and what a
-    p99 sees).  Frozen objects are still freed by reference counting."""
-    global _heap_settled
-    if not _heap_settled:
-        _heap_settled = True
-        gc.freeze()
-
-
 class WebhookService(Service):
     """Listens on a Twisted server endpoint string (``tcp:port=8080:interface=127.0.0.1``,
     ``ssl:...``) with ``site``; ``listening`` fires with the port (tests read the number)."""
@@ -325,7 +307,6 @@ class WebhookService(Service):
 
         def listened(port: IListeningPort) -> None:
             self.port = port
-            _settle_heap()
             log.info("webhook receiver listening on {address}", address=port.getHost())
             self.listening.callback(port)
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from mup.gateway import DeliveryReport, InboundSMS
 
-__all__ = ["Posted", "PostRefused", "Refused", "Forbidden", "Malformed", "check_token",
+__all__ = ["Posted", "PostRefused", "Forbidden", "Malformed", "check_token",
            "decode_text", "kannel_mo", "kannel_dlr", "twilio_signature", "check_twilio_signature",
            "twilio_sms", "twilio_status", "form_params", "MAX_FIELDS"]
 
@@ -51,9 +51,6 @@ class Malformed(PostRefused):
 
     code = 400
 
-
-Refused = PostRefused
-"""The old name, still imported by the receiver (``mup.webhook``)."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import TYPE_CHECKING, Callable
 
@@ -59,6 +60,13 @@ class _StartOrExit(MultiService):
             # twistd has redirected sys.stderr into the log by now: write to the real one.
             (sys.__stderr__ or sys.stderr).write(f"{self._name}: {e}\n")
             raise SystemExit(1) from None
+        # Take what start-up built (modules, config, the directory, phone metadata) out of the
+        # garbage collector's walks.  A busy receiver keeps each post alive across reactor
+        # turns until its commit, so the collector runs full passes often, and each walked the
+        # whole start-up heap: bench/webhook.py at 16 connections measured 35 ms a pass and a
+        # saturated p99 of ~40 ms, 5.5 ms and ~10 ms with this.  Reference counting still frees
+        # frozen objects.
+        gc.freeze()
 
 
 @implementer(IServiceMaker, IPlugin)
