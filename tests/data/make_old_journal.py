@@ -12,8 +12,9 @@ import os
 import shutil
 import sys
 
-from mup.journal import Journal  # type: ignore[import-not-found]
 from twisted.internet.task import Clock
+
+from mup.journal import Journal  # type: ignore[import-not-found]
 
 
 def main(out: str) -> None:
