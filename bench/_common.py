@@ -67,3 +67,26 @@ def start_bot(directory: Path, config: dict[str, dict[str, Any]]) -> ServerProce
     path.write_text(toml_text(config))
     return ServerProcess([*TWISTD, "-n", "--pidfile=", "--logfile=-", "mup", "--config",
                           str(path)], directory / "mup.log", cwd=ROOT)
+
+
+_KANNEL_MO_LUA = r"""
+n = 0
+prefix = "p"
+threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("prefix", "RUN" .. "t" .. threads)
+end
+function request()
+  n = n + 1
+  return wrk.format("GET", "/kannel/mo?from=%2B447911123456&to=4242&charset=UTF-8&coding=0" ..
+    "&token=TOKEN&text=TEXT" .. n .. "&id=" .. prefix .. "-" .. n)
+end
+"""
+
+
+def kannel_mo_lua(token: str, text: str = "bench+message+") -> str:
+    """A wrk script posting Kannel MOs with ids of their own: replace ``RUN`` with a run id
+    before each run (wrk's Lua random numbers repeat from run to run, so a second run of the
+    same script would be all duplicates and never touch the disk)."""
+    return _KANNEL_MO_LUA.replace("TOKEN", token).replace("TEXT", text)

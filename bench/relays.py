@@ -35,6 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
+from _common import kannel_mo_lua  # noqa: E402
 from relay import KANNEL, TOKEN, Bot, count_lines, latency, ms, percentile  # noqa: E402
 
 from mup.testing.haproxy import Haproxy  # noqa: E402
@@ -44,20 +45,7 @@ from mup.testing.postgres import Postgres  # noqa: E402
 from mup.testing.process import wait_for  # noqa: E402
 from mup.testing.relay import KannelPoster, RelayProcess  # noqa: E402
 
-WRK_LUA = r"""
-n = 0
-prefix = "p"
-threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("prefix", "RUN" .. "t" .. threads)
-end
-function request()
-  n = n + 1
-  return wrk.format("GET", "/kannel/mo?from=%2B447911123456&to=4242&charset=UTF-8&coding=0" ..
-    "&token=TOKEN&text=bench+message+" .. n .. "&id=" .. prefix .. "-" .. n)
-end
-""".replace("TOKEN", KANNEL)
+WRK_LUA = kannel_mo_lua(KANNEL)
 
 
 def run_wrk(work: Path, port: int, seconds: int, connections: int, tag: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
+from _common import kannel_mo_lua  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -119,20 +120,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"port {port} did not open")
 
 
-WRK_LUA = r"""
-n = 0
-prefix = "p"
-threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("prefix", "RUN" .. "t" .. threads)
-end
-function request()
-  n = n + 1
-  return wrk.format("GET", "/kannel/mo?from=%2B447911123456&to=4242&charset=UTF-8&coding=0" ..
-    "&token=TOKEN&text=%23ops+bench+message+" .. n .. "&id=" .. prefix .. "-" .. n)
-end
-""".replace("TOKEN", TOKEN)
+WRK_LUA = kannel_mo_lua(TOKEN, "%23ops+bench+message+")
 
 
 _runs = iter(range(1, 1 << 30))

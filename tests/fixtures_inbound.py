@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
@@ -11,9 +12,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from mup.config import parse
 from mup.directory import Person
 from mup.store import Backlog, StoreClosed, StoreError
+from mup.testing.ircclient import LineClient
+from mup.testing.ngircd import Ngircd
 
 __all__ = ["FakeDirectory", "FakeIRC", "FakeStore", "JEntry", "JOE", "NIEMEYER",
-           "inbound_config", "make_config"]
+           "inbound_config", "make_config", "relay_bot_config", "watch_ops"]
 
 KANNEL_TOKEN = "kannel-secret"
 TWILIO_TOKEN = "12345"
@@ -214,3 +217,23 @@ class FakeIRC:
         for d, target, lines in take:
             self.shown += [(target, line) for line in lines]
             d.callback(None)
+
+
+def relay_bot_config(tmp_path: Path, ngircd: Ngircd, relay_url: str, token: str
+                     ) -> dict[str, dict[str, Any]]:
+    """A bot that pulls from a relay (or a load balancer of relays) into #ops, unthrottled."""
+    return {
+        "irc": {"endpoint": ngircd.endpoint, "nick": "mupbot", "channels": ["#ops"],
+                "line_rate": 0.0},
+        "webhook": {"journal": str(tmp_path / "bot-journal")},
+        "inbound": {"default_channel": "#ops", "relay_url": relay_url, "relay_token": token,
+                    "hint": False},
+        "state": {"directory": str(tmp_path / "bot-state")},
+    }
+
+
+def watch_ops(irc_client: Callable[..., LineClient], ngircd: Ngircd) -> LineClient:
+    """A client in #ops, to see what the bot shows there."""
+    watcher = irc_client(ngircd.port, "watcher")
+    watcher.join("#ops")
+    return watcher

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from fixtures_inbound import relay_bot_config, watch_ops
 
 from mup.testing.ircclient import LineClient
 from mup.testing.ngircd import Ngircd
@@ -26,23 +27,6 @@ def relay(tmp_path: Path):
     process = RelayProcess(tmp_path / "relay", token=TOKEN, poll_timeout=10).start()
     yield process
     process.stop()
-
-
-def bot_config(tmp_path: Path, ngircd: Ngircd, relay_url: str) -> dict[str, dict[str, Any]]:
-    return {
-        "irc": {"endpoint": ngircd.endpoint, "nick": "mupbot", "channels": ["#ops"],
-                "line_rate": 0.0},
-        "webhook": {"journal": str(tmp_path / "bot-journal")},
-        "inbound": {"default_channel": "#ops", "relay_url": relay_url, "relay_token": TOKEN,
-                    "hint": False},
-        "state": {"directory": str(tmp_path / "bot-state")},
-    }
-
-
-def watch(irc_client: Callable[..., LineClient], ngircd: Ngircd) -> LineClient:
-    watcher = irc_client(ngircd.port, "watcher")
-    watcher.join("#ops")
-    return watcher
 
 
 def collect(watcher: LineClient, count: int, timeout: float = 30.0) -> list[str]:
@@ -92,8 +76,8 @@ def test_a_backlog_kept_while_the_bot_was_down_arrives_in_order(
         irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
     post(relay, 0, 100)  # the bot is down: the relay keeps them
     assert relay.health()["relay_backlog"] == 100
-    watcher = watch(irc_client, ngircd_fast)
-    run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    watcher = watch_ops(irc_client, ngircd_fast)
+    run_bot(relay_bot_config(tmp_path, ngircd_fast, relay.url, TOKEN))
     assert collect(watcher, 100) == tags(0, 100)
     drained(relay)
     assert quiet(watcher, 1.0) == []
@@ -107,9 +91,9 @@ def test_over_tls_by_endpoint_string(
     relay = RelayProcess(tmp_path / "relay-tls", token=TOKEN, tls=True).start()
     try:
         assert relay.url.startswith("https://")
-        watcher = watch(irc_client, ngircd_fast)
+        watcher = watch_ops(irc_client, ngircd_fast)
         env = dict(os.environ, SSL_CERT_FILE=str(relay.certificate))
-        run_bot(bot_config(tmp_path, ngircd_fast, relay.url), env=env)
+        run_bot(relay_bot_config(tmp_path, ngircd_fast, relay.url, TOKEN), env=env)
         post(relay, 0, 5)
         assert collect(watcher, 5) == tags(0, 5)
         drained(relay)
@@ -121,7 +105,7 @@ def test_a_relay_certificate_the_bot_does_not_trust_is_refused_and_logged_once(
         tmp_path: Path, ngircd_fast: Ngircd, run_bot: Callable[..., Any]) -> None:
     relay = RelayProcess(tmp_path / "relay-tls", token=TOKEN, tls=True).start()
     try:
-        bot = run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+        bot = run_bot(relay_bot_config(tmp_path, ngircd_fast, relay.url, TOKEN))
         post(relay, 0, 1)
         bot.wait_for_output("retrying with backoff", 10)
         time.sleep(2)  # several more attempts (0.5 s, 1 s, ...)
@@ -135,8 +119,8 @@ def test_a_relay_certificate_the_bot_does_not_trust_is_refused_and_logged_once(
 def test_relay_kill_9_during_a_pull_loses_nothing_and_shows_nothing_twice(
         tmp_path: Path, ngircd_fast: Ngircd, relay: RelayProcess,
         irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
-    watcher = watch(irc_client, ngircd_fast)
-    bot = run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    watcher = watch_ops(irc_client, ngircd_fast)
+    bot = run_bot(relay_bot_config(tmp_path, ngircd_fast, relay.url, TOKEN))
     post(relay, 0, 10)
     assert collect(watcher, 10) == tags(0, 10)
     drained(relay)
@@ -161,8 +145,8 @@ def test_bot_kill_9_between_irc_confirmation_and_ack_shows_nothing_twice(
         irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
     gate = AckGate(relay.port)
     try:
-        watcher = watch(irc_client, ngircd_fast)
-        config = bot_config(tmp_path, ngircd_fast, gate.url)
+        watcher = watch_ops(irc_client, ngircd_fast)
+        config = relay_bot_config(tmp_path, ngircd_fast, gate.url, TOKEN)
         gate.holding.set()
         bot = run_bot(config)
         post(relay, 0, 10)
@@ -197,7 +181,7 @@ def test_kannel_to_relay_to_bot_to_irc(
         wait_for(lambda: relay.health()["relay_backlog"] == 3, 15, "Kannel's MO on the relay")
     finally:
         kannel.stop()
-    watcher = watch(irc_client, ngircd_fast)
-    run_bot(bot_config(tmp_path, ngircd_fast, relay.url))
+    watcher = watch_ops(irc_client, ngircd_fast)
+    run_bot(relay_bot_config(tmp_path, ngircd_fast, relay.url, TOKEN))
     assert collect(watcher, 3) == tags(0, 3)
     drained(relay)

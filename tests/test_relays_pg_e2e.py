@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pytest
+from fixtures_inbound import relay_bot_config, watch_ops
 
 from mup.testing.haproxy import Haproxy
 from mup.testing.ircclient import LineClient
@@ -82,23 +83,6 @@ def start_relays(tmp_path: Path, make_haproxy: Callable[[Sequence[int]], Haproxy
     yield start
     for relay in made:
         relay.stop()
-
-
-def bot_config(tmp_path: Path, ngircd: Ngircd, relay_url: str) -> dict[str, dict[str, Any]]:
-    return {
-        "irc": {"endpoint": ngircd.endpoint, "nick": "mupbot", "channels": ["#ops"],
-                "line_rate": 0.0},
-        "webhook": {"journal": str(tmp_path / "bot-journal")},
-        "inbound": {"default_channel": "#ops", "relay_url": relay_url, "relay_token": TOKEN,
-                    "hint": False},
-        "state": {"directory": str(tmp_path / "bot-state")},
-    }
-
-
-def watch(irc_client: Callable[..., LineClient], ngircd: Ngircd) -> LineClient:
-    watcher = irc_client(ngircd.port, "watcher")
-    watcher.join("#ops")
-    return watcher
 
 
 class Seen:
@@ -213,8 +197,8 @@ def test_two_relays_one_killed_mid_stream_every_accepted_sms_reaches_irc_once_in
         tmp_path: Path, pg_url: str, start_relays: Callable[..., Relays], ngircd_fast: Ngircd,
         irc_client: Callable[..., LineClient], run_bot: Callable[..., Any]) -> None:
     relays = start_relays(pg_url)
-    seen = Seen(watch(irc_client, ngircd_fast))
-    run_bot(bot_config(tmp_path, ngircd_fast, relays.proxy.url))
+    seen = Seen(watch_ops(irc_client, ngircd_fast))
+    run_bot(relay_bot_config(tmp_path, ngircd_fast, relays.proxy.url, TOKEN))
     stream = Stream(relays.poster).start()
     stream.wait_accepted(30)
     relays.restart(0)  # kill -9 mid-stream (haproxy retries or the post is not 2xx'd)
@@ -250,8 +234,8 @@ def test_primary_killed_standby_promoted_accepted_posts_reach_irc_and_the_rest_g
     relays = start_relays(store)
     health = relays.relays[0].health()
     assert health["journal_writable"] is True and health["store_listening"] is True
-    seen = Seen(watch(irc_client, ngircd_fast))
-    run_bot(bot_config(tmp_path, ngircd_fast, relays.proxy.url))
+    seen = Seen(watch_ops(irc_client, ngircd_fast))
+    run_bot(relay_bot_config(tmp_path, ngircd_fast, relays.proxy.url, TOKEN))
     stream = Stream(relays.poster).start()
     stream.wait_accepted(30)
     primary.kill()
@@ -297,8 +281,8 @@ def test_a_backlog_kept_while_the_bot_was_down_arrives_in_order_and_cursors_surv
     assert [poster.post(t, f"{t} while the bot is down", SENDERS[i % 3])
             for i, t in enumerate(tags)] == [200] * 60
     assert relays.backlog() == 60
-    seen = Seen(watch(irc_client, ngircd_fast))
-    run_bot(bot_config(tmp_path, ngircd_fast, relays.proxy.url))
+    seen = Seen(watch_ops(irc_client, ngircd_fast))
+    run_bot(relay_bot_config(tmp_path, ngircd_fast, relays.proxy.url, TOKEN))
     seen.until(set(tags))
     assert sorted(seen.tags) == sorted(tags)
     seen.check_once_and_in_order()  # per sender: the order they were accepted in
