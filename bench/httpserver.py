@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
+
+from mup.testing.process import free_port, port_open, wait_for
 
 
 def serve(kind: str, port: int) -> None:
@@ -32,22 +32,6 @@ def serve(kind: str, port: int) -> None:
     site.log = lambda request: None   # type: ignore[method-assign]  (no access log, as mup)
     reactor.listenTCP(port, site, interface="127.0.0.1")
     reactor.run()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"port {port} did not open")
 
 
 def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
@@ -82,7 +66,7 @@ def main() -> int:
         port = free_port()
         proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port)])
         try:
-            wait_port(port)
+            wait_for(lambda p=port: port_open(p), 20, f"port {port} to open")
             wrk(port, 1, args.connections)        # warm-up
             r = wrk(port, args.seconds, args.connections)
         finally:

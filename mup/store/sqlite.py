@@ -16,8 +16,6 @@ fork.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import queue
@@ -34,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mup.store import Backlog, Entry, StoreClosed, StoreError, StoreOpenError
+from mup.store.lockfile import try_lock
 
 __all__ = ["DATABASE", "SCHEMA", "SQLiteMessageStore", "connect"]
 
@@ -82,9 +81,8 @@ def connect(path: str) -> sqlite3.Connection:
     return con
 
 
-# One lock per database per process: flock on a file beside it keeps other processes out and,
-# unlike SQLite's own POSIX locks, survives twistd's fork into the background.  This process may
-# open a store it has open (tests reopen to look inside).
+# One lock per database per process (mup.store.lockfile); this process may open a store it has
+# open (tests reopen to look inside).
 _LOCKS: dict[str, list[int]] = {}
 
 
@@ -96,15 +94,10 @@ def _lock(directory: str) -> str:
         return real
     path = os.path.join(real, LOCK)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = try_lock(path)
     except OSError as e:
-        raise StoreOpenError(f"{path}: cannot open the lock file: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StoreOpenError(f"{path}: cannot lock: {e.strerror}") from None
+        raise StoreOpenError(f"{path}: cannot lock: {e.strerror}") from None
+    if fd is None:
         try:
             with open(path) as f:
                 holder = f.read().strip() or "?"

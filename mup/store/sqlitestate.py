@@ -12,8 +12,6 @@ nothing anyone waits for.  No SQLite call runs on the reactor thread once it run
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import sqlite3
@@ -26,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mup.store import StoreClosed, StoreError, StoreOpenError
+from mup.store.lockfile import try_lock
 
 __all__ = ["FILENAME", "SCHEMA", "SQLiteStateStore"]
 
@@ -288,17 +287,12 @@ def _open(path: str) -> dict[str, dict[str, Any]]:
 
 
 def _lock(path: str) -> int:
-    """Hold ``path.lock`` (flock: kept across twistd's fork) so one process uses the database."""
+    """Hold ``path.lock`` (:mod:`mup.store.lockfile`) so one process uses the database."""
     lock_path = path + ".lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = try_lock(lock_path)
     except OSError as e:
         raise StoreOpenError(f"{lock_path}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StoreOpenError(f"{lock_path}: {e.strerror or e}") from None
-        raise StoreOpenError(f"{path} is in use by another mup process") from None
+    if fd is None:
+        raise StoreOpenError(f"{path} is in use by another mup process")
     return fd
