@@ -101,6 +101,8 @@ def serve(kind: str, port: int, directory: str) -> None:
         site = _QuietSite(app.resource(), requestFactory=_limited_request(65536))
     WebhookService(config.webhook.endpoint, site, reactor).startService()
     print("listening", flush=True)
+    import gc
+    gc.freeze()
     reactor.run()
 
 

@@ -97,9 +97,46 @@ def test_appends_in_one_turn_share_one_commit(tmp_path: Path, clock: Clock) -> N
         return con
 
     store = opened(tmp_path, clock, connector=counting)
+    clock.advance(0)                 # the housekeeping that opening schedules
+    statements.clear()
     ds = [store.append(f"k:{i}", {"i": i}) for i in range(64)]
     clock.advance(0)
     assert all(isinstance(d.result, Entry) for d in ds)
+    assert [d.result.seq for d in ds] == list(range(1, 65))
+    # One statement, outside BEGIN: SQLite commits it as it ends, so it is one transaction.
+    assert len(statements) == 1 and statements[0].startswith("INSERT INTO messages")
+    assert run(clock, store.backlog()).count == 64
+    store.close()
+
+
+def test_a_turn_of_appends_and_marks_is_one_transaction_in_order(
+        tmp_path: Path, clock: Clock) -> None:
+    """Appends around a mark_done: one BEGIN ... COMMIT, and the seqs handed back are the
+    rows' (read back when some of a run were duplicates)."""
+    statements: list[str] = []
+
+    def counting(path: str) -> sqlite3.Connection:
+        con = store_module.connect(path)
+        con.set_trace_callback(statements.append)
+        return con
+
+    store = opened(tmp_path, clock, connector=counting)
+    first = [run(clock, store.append(f"k:{i}", {"i": i})) for i in range(3)]
+    statements.clear()
+    ds = [store.append("k:3", {"i": 3}), store.append("k:1", {"again": 1}),   # pending
+          store.append("k:4", {"i": 4})]
+    done = store.mark_done([first[0].seq])
+    ds += [store.append("k:0", {"again": 0}),                                 # done: seen
+           store.append("k:5", {"i": 5}), store.append("k:5", {"twice": 5})]
+    clock.advance(0)
+    assert done.result is None
+    results = [d.result for d in ds]
+    assert [None if r is None else (r.key, r.record) for r in results] == [
+        ("k:3", {"i": 3}), None, ("k:4", {"i": 4}), None, ("k:5", {"i": 5}), None]
+    pending = run(clock, store.pending())
+    assert [(e.seq, e.key) for e in pending] == [(e.seq, e.key) for e in first[1:]] + [
+        (r.seq, r.key) for r in results if r is not None]
+    assert [s.split()[0] for s in statements].count("BEGIN") == 1
     assert statements.count("COMMIT") == 1
     store.close()
 

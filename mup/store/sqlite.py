@@ -52,8 +52,18 @@ PROBE = 1.0
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
-_APPEND = ("INSERT INTO messages (key, appended, record) SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
-           "(SELECT 1 FROM seen WHERE key = ?1 AND appended >= ?4) ON CONFLICT (key) DO NOTHING")
+_APPEND = (
+    "INSERT INTO messages (key, appended, record) "
+    "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), "
+    "json_extract(j.value, '$[2]') FROM json_each(?1) AS j "
+    "WHERE NOT EXISTS (SELECT 1 FROM messages WHERE key = json_extract(j.value, '$[0]')) "
+    "AND NOT EXISTS (SELECT 1 FROM seen WHERE key = json_extract(j.value, '$[0]') "
+    "AND appended >= json_extract(j.value, '$[1]') - ?2) ORDER BY j.key")
+"""A run of appends (distinct keys) in one statement, in order: each is new unless pending, or
+delivered within the dedupe window.  Those are left out before the insert, so the new rows' seqs
+are consecutive (AUTOINCREMENT, one writer).  One statement, as the writer thread gives up the
+GIL in every SQLite call and waits to get it back from a busy reactor thread; alone in a batch it
+is its own transaction (one call inserts and commits)."""
 
 
 def _create(con: sqlite3.Connection) -> None:
@@ -412,9 +422,21 @@ class SQLiteMessageStore:
         con = self._writer_con
         out: list[Any] = []
         try:
+            if all(op.kind == "append" for op in batch):
+                # The common case, a batch of posts: one statement, committed as it ends.
+                return self._append_run(con, batch)
             con.execute("BEGIN IMMEDIATE")
+            run: list[_Op] = []
             for op in batch:
+                if op.kind == "append":
+                    run.append(op)
+                    continue
+                if run:
+                    out.extend(self._append_run(con, run))
+                    run = []
                 out.append(getattr(self, "_do_" + op.kind)(con, op))
+            if run:
+                out.extend(self._append_run(con, run))
             con.execute("COMMIT")
             if any(op.kind == "housekeep" for op in batch):
                 # Free pages go back to the file system.  Its own transaction: through
@@ -435,14 +457,26 @@ class SQLiteMessageStore:
             raise
         return out
 
-    def _do_append(self, con: sqlite3.Connection, op: _Op) -> Entry | None:
-        # One statement: new unless pending, or delivered within the dedupe window.
-        cur = con.execute(_APPEND, (op.key, op.appended, op.text, op.appended - self._window))
-        if cur.rowcount == 0:
-            return None
-        seq = cur.lastrowid
-        assert seq is not None   # a row was inserted
-        return Entry(seq, op.key, json.loads(op.text), op.appended)
+    def _append_run(self, con: sqlite3.Connection, run: list[_Op]) -> list[Entry | None]:
+        """Insert ``run`` (appends, in order) with one statement; an entry for each new one,
+        ``None`` for a duplicate.  The new rows' seqs are read back only when some of the run
+        were duplicates."""
+        first: dict[str, _Op] = {}
+        for op in run:
+            first.setdefault(op.key, op)       # a key twice in the run: the first one is new
+        cur = con.execute(_APPEND, (_ENCODE([[op.key, op.appended, op.text]
+                                             for op in first.values()]), self._window))
+        added, last = cur.rowcount, cur.lastrowid
+        seqs: dict[str, int] = {}
+        if added == len(first) and last is not None:
+            seqs = {key: last - added + 1 + i for i, key in enumerate(first)}
+        elif added > 0 and last is not None:
+            seqs = {key: seq for seq, key in con.execute(
+                "SELECT seq, key FROM messages WHERE seq BETWEEN ? AND ?",
+                (last - added + 1, last))}
+        return [Entry(seq, op.key, json.loads(op.text), op.appended)
+                if first[op.key] is op and (seq := seqs.get(op.key)) is not None else None
+                for op in run]
 
     def _do_done(self, con: sqlite3.Connection, op: _Op) -> None:
         rows = [(s,) for s in op.seqs]
