@@ -27,6 +27,7 @@ Two shared cores: wrk, the server and the journal thread compete; expect +-15 % 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -56,7 +57,11 @@ def serve(kind: str, port: int, directory: str) -> None:
     that show where the difference goes: ``noop-deferred`` (answers from a Deferred on the
     next reactor turn, as the receiver must), ``parse`` (reads and checks the post, answers
     at once, stores nothing), ``receiver-nosync`` (the receiver with synchronous=OFF: not
-    durable, what the fsyncs cost)."""
+    durable, what the fsyncs cost), ``receiver-inline-nosync`` (that, with SQLite called on the
+    reactor thread, which mup never does: what handing writes to a thread costs under the GIL).
+
+    Every server freezes its start-up heap out of the garbage collector's walks before it runs,
+    as ``twistd mup`` does (twisted/plugins/mup_plugin.py)."""
     from klein import Klein
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
@@ -78,7 +83,8 @@ def serve(kind: str, port: int, directory: str) -> None:
             return con
 
         store = SQLiteMessageStore.open(directory, reactor, connector=nosync
-                                        if kind == "receiver-nosync" else connect)
+                                        if kind.endswith("-nosync") else connect,
+                                        threaded=kind != "receiver-inline-nosync")
         accepted = []
         site = Receiver(config, store, on_accepted=lambda e: accepted.append(e.seq),
                         clock=reactor).site()
@@ -101,7 +107,6 @@ def serve(kind: str, port: int, directory: str) -> None:
         site = _QuietSite(app.resource(), requestFactory=_limited_request(65536))
     WebhookService(config.webhook.endpoint, site, reactor).startService()
     print("listening", flush=True)
-    import gc
     gc.freeze()
     reactor.run()
 
@@ -159,6 +164,7 @@ REFERENCES = {
     "noop-deferred": "no-op, answering from a Deferred on the next turn",
     "parse": "+ read, authenticate and parse the post (answers at once)",
     "receiver-nosync": "the receiver, synchronous=OFF (group commit, writer thread)",
+    "receiver-inline-nosync": "that, SQLite called on the reactor thread (mup never does)",
 }
 LABELS = {
     "noop": "no-op Klein handler (same Site, no store)",
