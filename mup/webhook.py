@@ -31,7 +31,7 @@ from mup.gateway import DeliveryReport, InboundSMS, to_record
 from mup.gateways import inbound
 from mup.gateways.inbound import Posted, PostRefused
 from mup.httpserver import GuardedSite, Limits
-from mup.store import Entry, MessageStore, StoreClosed, StoreError
+from mup.store import Backlog, Entry, MessageStore, StoreClosed, StoreError
 
 __all__ = ["Receiver", "WebhookService", "TWIML_EMPTY"]
 
@@ -75,6 +75,7 @@ class Receiver:
         self.health: Callable[[], Health] = health or dict
         self.clock = clock
         self._closing_said = False
+        self._unreadable = False   # the backlog could not be read last time (said once)
         # Label lookups once, not per request.
         self._accepted = {g: metrics.accepted.labels(g) for g in ("kannel", "twilio")}
         self._duplicates = {g: metrics.duplicates.labels(g) for g in ("kannel", "twilio")}
@@ -219,10 +220,8 @@ class Receiver:
 
     async def _healthz(self, request: Request) -> bytes:
         status: dict[str, Any] = {"journal_writable": self.store.writable()}
-        try:
-            backlog = await self.store.backlog()
-        except StoreError as e:
-            log.error("cannot read the backlog: {why}", why=e)
+        backlog = await self._backlog()
+        if backlog is None:
             status.update(journal_writable=False, backlog=None)
         else:
             status["backlog"] = backlog.count
@@ -244,14 +243,32 @@ class Receiver:
         return Deferred.fromCoroutine(self._metrics(request))
 
     async def _metrics(self, request: Request) -> bytes:
+        backlog = await self._backlog()
+        if backlog is not None:
+            metrics.backlog.set(backlog.count)
         try:
-            metrics.backlog.set((await self.store.backlog()).count)
             await self._health()
-        except Exception as e:  # noqa: BLE001 - the figures are stale, the rest still useful
-            log.error("metrics: cannot refresh the backlog: {why}", why=e)
+        except Exception:   # the figures are stale, the rest still useful
+            log.failure("metrics: the health check failed")
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
 
+
+    async def _backlog(self) -> Backlog | None:
+        """The store's backlog, or None if it cannot be read: said once when that starts and
+        once when it ends, as load balancers ask ``/healthz`` every second or two."""
+        try:
+            backlog = await self.store.backlog()
+        except StoreError as e:
+            if not self._unreadable:
+                self._unreadable = True
+                log.error("cannot read the store's backlog (answering 503 to /healthz until "
+                          "it can): {why}", why=e)
+            return None
+        if self._unreadable:
+            self._unreadable = False
+            log.info("the store's backlog can be read again")
+        return backlog
 
     async def _health(self) -> Mapping[str, Any]:
         """The ``health`` hook's fields, whether it answered now or later."""

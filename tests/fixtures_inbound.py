@@ -62,12 +62,14 @@ class JEntry:
 @dataclass
 class FakeStore:
     """The MessageStore contract in memory: append dedupes keys; ``hold`` keeps appends
-    unfired (as if the commit had not returned yet); ``broken`` makes them fail."""
+    unfired (as if the commit had not returned yet); ``broken`` makes them fail;
+    ``unreadable`` makes ``backlog`` fail (a database that is down)."""
 
     entries: dict[str, JEntry] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     hold: bool = False
     broken: bool = False
+    unreadable: bool = False
     is_writable: bool = True
     held: list[Deferred] = field(default_factory=list)
     subscribers: list[Any] = field(default_factory=list)
@@ -121,6 +123,8 @@ class FakeStore:
         return succeed({k: pending[k] for k in keys if k in pending})
 
     def backlog(self) -> Deferred:
+        if self.unreadable:
+            return fail(StoreError("connection refused"))
         pending = self._pending()
         return succeed(Backlog(len(pending), min((e.appended for e in pending), default=None)))
 
