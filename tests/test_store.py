@@ -212,6 +212,60 @@ def test_subscribers_hear_of_new_entries_only(tmp_path: Path, clock: Clock) -> N
     store.close()
 
 
+turns = st.lists(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 7)),
+    st.tuples(st.just("append"), st.integers(0, 7)),
+    st.tuples(st.just("done"), st.integers(0, 7)),
+    st.tuples(st.just("expire"), st.just(0)),
+), min_size=1, max_size=12), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=turns)
+def test_what_each_append_answers_matches_a_model(tmp_path_factory: Any,
+                                                  turns: list) -> None:
+    """Turns of appends (keys repeated within and across turns), marks done and the dedupe
+    window running out: each append answers new or duplicate as a plain model says, and each
+    entry handed back is the row (seq, key, record) that ``pending`` lists."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    store = opened(tmp_path_factory.mktemp("model"), clock)
+    pending: dict[str, list] = {}     # the model: key -> [seq (once committed), appended]
+    seen: dict[str, float] = {}       # done: key -> when it was first appended
+    n = 0
+    for turn in turns:
+        ds = []
+        for op, k in turn:
+            key = f"k:{k}"
+            now = clock.seconds()
+            if op == "append":
+                n += 1
+                new = key not in pending and seen.get(key, -WEEK * 9) < now - WEEK
+                if new:
+                    pending[key] = [None, now]
+                ds.append((key, n, new, store.append(key, {"n": n})))
+            elif op == "done" and pending.get(key, [None])[0] is not None:
+                seq, appended = pending.pop(key)
+                store.mark_done([seq])
+                seen[key] = appended        # the window runs from the first append
+            elif op == "expire":
+                clock.advance(WEEK + 1)
+        clock.advance(0)
+        for key, number, new, d in ds:
+            result = d.result
+            if not new:
+                assert result is None, (key, number)
+            else:
+                assert isinstance(result, Entry) and result.key == key, (key, number)
+                assert result.record == {"n": number}
+                pending[key][0] = result.seq
+        rows = run(clock, store.pending())
+        assert {e.key: e.seq for e in rows} == {k: v[0] for k, v in pending.items()}
+        assert [e.seq for e in rows] == sorted(e.seq for e in rows)
+    store.close()
+
+
 # -- the schema --------------------------------------------------------------------------------
 
 def test_schema_version_and_epoch_are_kept(tmp_path: Path, clock: Clock) -> None:
