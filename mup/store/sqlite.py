@@ -43,6 +43,8 @@ LOCK = "inbound.lock"
 SCHEMA = 1
 """The schema this code writes; ``PRAGMA user_version`` holds the database's."""
 MAX_KEY = 1024
+MAX_BATCH = 4096
+"""The writer stops adding what waits in its inbox to a transaction at this many writes."""
 MAX_RECORD = 1 << 20
 HOUSEKEEPING = 60.0
 """Seconds between deleting expired dedupe keys and returning free pages to the disk."""
@@ -219,7 +221,7 @@ class SQLiteMessageStore:
         self._inbox: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._reader: ThreadPool | None = None
         self._queue: list[_Op] = []
-        self._busy = False
+        self._in_flight = 0   # batches handed to the writer and not answered yet
         self._call: IDelayedCall | None = None
         self._failing = False
         self._closed = False
@@ -387,11 +389,12 @@ class SQLiteMessageStore:
         return op.d
 
     def _flush(self) -> None:
+        """Hand what this turn queued to the writer (which commits what is waiting at once)."""
         self._call = None
-        if self._busy or self._closed or not self._queue:
+        if self._closed or not self._queue:
             return
-        batch, self._queue = self._queue[:4096], self._queue[4096:]
-        self._busy = True
+        batch, self._queue = self._queue, []
+        self._in_flight += 1
         if self._threaded:
             self._inbox.put(batch)
             return
@@ -403,16 +406,30 @@ class SQLiteMessageStore:
             self._written(results, batch)
 
     def _writing(self) -> None:
-        """The writer thread: writes each batch the reactor puts in the inbox, and hands the
-        results back in one call; ``None`` closes its connection and ends it."""
+        """The writer thread: commits in one transaction whatever the reactor put in the inbox
+        while the last commit ran (group commit: it does not wait for the reactor to hand over
+        more), and hands the results back in one call; ``None`` closes its connection and ends
+        it, after what was put before."""
         call = self._reactor.callFromThread
-        while (batch := self._inbox.get()) is not None:
+        stop = False
+        while not stop and (batch := self._inbox.get()) is not None:
+            batches = 1
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch = batch + more
+                batches += 1
             try:
                 results = self._write(batch)
             except BaseException:
-                call(self._write_failed, Failure(), batch)
+                call(self._write_failed, Failure(), batch, batches)
             else:
-                call(self._written, results, batch)
+                call(self._written, results, batch, batches)
         self._close_connection("_writer_con")
 
     def _write(self, batch: list[_Op]) -> list[Any]:
@@ -490,8 +507,8 @@ class SQLiteMessageStore:
     def _do_housekeep(self, con: sqlite3.Connection, op: _Op) -> None:
         con.execute("DELETE FROM seen WHERE appended < ?", (op.appended,))
 
-    def _written(self, results: list[Any], batch: list[_Op]) -> None:
-        self._busy = False
+    def _written(self, results: list[Any], batch: list[_Op], batches: int = 1) -> None:
+        self._in_flight -= batches
         if self._failing:
             log.info("{path}: writing again", path=self.path)
         self._failing = False
@@ -499,7 +516,6 @@ class SQLiteMessageStore:
         for op, result in zip(batch, results, strict=True):
             new = new or (op.kind == "append" and result is not None)
             op.d.callback(result)
-        self._next(at_once=True)
         if new:
             for callback in list(self._subscribers):
                 try:
@@ -507,8 +523,8 @@ class SQLiteMessageStore:
                 except Exception:
                     log.failure("a store subscriber failed")
 
-    def _write_failed(self, failure: Failure, batch: list[_Op]) -> None:
-        self._busy = False
+    def _write_failed(self, failure: Failure, batch: list[_Op], batches: int = 1) -> None:
+        self._in_flight -= batches
         if not self._failing and not self._closed:
             log.error("{path}: cannot write ({why}); answering 503 until it can again",
                       path=self.path, why=failure.getErrorMessage())
@@ -520,22 +536,17 @@ class SQLiteMessageStore:
         error = StoreError(f"{self.path}: {failure.getErrorMessage()}")
         for op in batch:
             op.d.errback(Failure(error))
-        self._next(at_once=True)
 
     def _probe(self) -> None:
         """Not writable: try a small write now and then, as the receiver stops appending."""
-        if self._failing and not self._closed and not self._busy and not self._queue:
+        if self._failing and not self._closed and not self._in_flight and not self._queue:
             self._enqueue(_Op("probe", appended=self._reactor.seconds())).addErrback(
                 lambda f: None)
 
-    def _next(self, at_once: bool = False) -> None:
-        """Start the next batch at the end of this reactor turn, so that the posts read in one
-        turn share a commit; ``at_once`` after a commit (what queued meanwhile has waited)."""
-        if not self._queue or self._closed or self._call is not None or self._busy:
-            return
-        if at_once and self._threaded and self._writer is not None and self._writer.ident:
-            self._flush()
-        else:
+    def _next(self) -> None:
+        """Hand the queue over at the end of this reactor turn, so that the posts read in one
+        turn go together."""
+        if self._queue and not self._closed and self._call is None:
             self._call = self._reactor.callLater(0, self._flush)
 
     # -- reading ------------------------------------------------------------------------------
