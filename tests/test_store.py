@@ -48,6 +48,16 @@ def run(clock: Clock, d: Any) -> Any:
     return out[0]
 
 
+def tracing(statements: list[str]) -> Any:
+    """A connector whose connections append each statement they run to ``statements``."""
+    def connect(path: str) -> sqlite3.Connection:
+        con = store_module.connect(path)
+        con.set_trace_callback(statements.append)
+        return con
+
+    return connect
+
+
 def keys(store: SQLiteMessageStore, clock: Clock) -> list[str]:
     return [e.key for e in run(clock, store.pending())]
 
@@ -90,13 +100,7 @@ def test_appends_are_pending_in_order_until_done(tmp_path: Path, clock: Clock) -
 
 def test_appends_in_one_turn_share_one_commit(tmp_path: Path, clock: Clock) -> None:
     statements: list[str] = []
-
-    def counting(path: str) -> sqlite3.Connection:
-        con = store_module.connect(path)
-        con.set_trace_callback(statements.append)
-        return con
-
-    store = opened(tmp_path, clock, connector=counting)
+    store = opened(tmp_path, clock, connector=tracing(statements))
     clock.advance(0)                 # the housekeeping that opening schedules
     statements.clear()
     ds = [store.append(f"k:{i}", {"i": i}) for i in range(64)]
@@ -114,13 +118,7 @@ def test_a_turn_of_appends_and_marks_is_one_transaction_in_order(
     """Appends around a mark_done: one BEGIN ... COMMIT, and the seqs handed back are the
     rows' (read back when some of a run were duplicates)."""
     statements: list[str] = []
-
-    def counting(path: str) -> sqlite3.Connection:
-        con = store_module.connect(path)
-        con.set_trace_callback(statements.append)
-        return con
-
-    store = opened(tmp_path, clock, connector=counting)
+    store = opened(tmp_path, clock, connector=tracing(statements))
     first = [run(clock, store.append(f"k:{i}", {"i": i})) for i in range(3)]
     statements.clear()
     ds = [store.append("k:3", {"i": 3}), store.append("k:1", {"again": 1}),   # pending
