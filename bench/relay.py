@@ -131,6 +131,25 @@ def count_lines(watcher: LineClient, tag: str, count: int, timeout: float) -> li
     return times
 
 
+def drain(poster: KannelPoster, relay: RelayProcess, bot: Bot, watcher: LineClient, tag: str,
+          count: int, senders: int, timeout: float) -> dict[str, float]:
+    """Post ``count`` messages from ``senders`` numbers while the bot is down (all must be
+    kept), start the bot, and time the drain: seconds of ``posting``, and from the bot's
+    launch to the ``first`` and ``last`` line on IRC and to the relay being ``acked``; ``rate``
+    is lines a second once flowing."""
+    t0 = time.perf_counter()
+    statuses = poster.post_many(((f"{tag}{i}", f"{tag}-{i}", f"+4477009{i % senders:05}")
+                                 for i in range(count)), connections=16)
+    posting = time.perf_counter() - t0
+    assert statuses == [200] * count, "the relay refused some posts"
+    assert relay.health()["relay_backlog"] == count
+    launched = bot.start(wait=False)
+    times = count_lines(watcher, tag, count, timeout=timeout)
+    wait_for(lambda: relay.health()["relay_backlog"] == 0, 120, "acks", interval=0.05)
+    return {"posting": posting, "first": times[0] - launched, "last": times[-1] - launched,
+            "acked": time.perf_counter() - launched, "rate": count / (times[-1] - times[0])}
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -187,26 +206,15 @@ def main() -> None:
 
         # 2. Drain a backlog kept while the bot was down, line_rate = 0.
         bot.stop()
-        t0 = time.perf_counter()
-        statuses = relay.poster().post_many(
-            ((f"drain{i}", f"drain-{i}", f"+4477009{i % args.senders:05}")
-             for i in range(args.backlog)), connections=16)
-        posting = time.perf_counter() - t0
-        assert statuses == [200] * args.backlog, "the relay refused some posts"
-        assert relay.health()["relay_backlog"] == args.backlog
-        launched = bot.start(wait=False)
-        times = count_lines(watcher, "drain", args.backlog, timeout=600)
-        shown = times[-1] - launched
-        first = times[0] - launched
-        wait_for(lambda: relay.health()["relay_backlog"] == 0, 120, "acks", interval=0.05)
-        acked = time.perf_counter() - launched
+        d = drain(relay.poster(), relay, bot, watcher, "drain", args.backlog, args.senders,
+                  timeout=600)
         print(f"\n2. Drain of {args.backlog} messages from {args.senders} sender(s) posted "
               "while the bot was down "
-              f"(posting took {posting:.1f} s at 16 connections, "
-              f"{args.backlog / posting:.0f}/s), line_rate = 0:")
-        print(f"   from the bot's launch: first on IRC after {first:.2f} s, last after "
-              f"{shown:.2f} s ({args.backlog / (times[-1] - times[0]):.0f} msg/s once "
-              f"flowing); relay fully acknowledged after {acked:.2f} s")
+              f"(posting took {d['posting']:.1f} s at 16 connections, "
+              f"{args.backlog / d['posting']:.0f}/s), line_rate = 0:")
+        print(f"   from the bot's launch: first on IRC after {d['first']:.2f} s, last after "
+              f"{d['last']:.2f} s ({d['rate']:.0f} msg/s once "
+              f"flowing); relay fully acknowledged after {d['acked']:.2f} s")
         bot.stop()
 
         # 3. Default flood control: measure the interval, compute the bound.

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _common  # noqa: E402,F401 - children run this source tree (PYTHONPATH)
 from _common import kannel_mo_lua  # noqa: E402
-from relay import KANNEL, TOKEN, Bot, count_lines, latency, ms, percentile  # noqa: E402
+from relay import KANNEL, TOKEN, Bot, drain, latency, ms, percentile  # noqa: E402
 
 from mup.testing.haproxy import Haproxy  # noqa: E402
 from mup.testing.ircclient import LineClient  # noqa: E402
@@ -178,23 +178,12 @@ def main() -> None:
             cases.insert(0, ("one relay on SQLite (baseline)", local_poster, local, bot_local,
                              "dlo"))
         for label, poster, relay, bot, tag in cases:
-            t0 = time.perf_counter()
-            statuses = poster.post_many(
-                ((f"{tag}{i}", f"{tag}-{i}", f"+4477009{i % args.senders:05}")
-                 for i in range(args.backlog)), connections=16)
-            posting = time.perf_counter() - t0
-            assert statuses == [200] * args.backlog, "a relay refused some posts"
-            assert relay.health()["relay_backlog"] == args.backlog
-            launched = bot.start(wait=False)
-            times = count_lines(watcher, tag, args.backlog, timeout=900)
-            wait_for(lambda r=relay: r.health()["relay_backlog"] == 0, 120, "acks",
-                     interval=0.05)
-            acked = time.perf_counter() - launched
-            drains[label] = times[-1] - launched
-            print(f"   {label:38} last on IRC after {times[-1] - launched:.2f} s (first "
-                  f"{times[0] - launched:.2f} s, {args.backlog / (times[-1] - times[0]):.0f} "
-                  f"msg/s once flowing); all acknowledged after {acked:.2f} s; posting took "
-                  f"{posting:.1f} s ({args.backlog / posting:.0f}/s)")
+            d = drain(poster, relay, bot, watcher, tag, args.backlog, args.senders, timeout=900)
+            drains[label] = d["last"]
+            print(f"   {label:38} last on IRC after {d['last']:.2f} s (first "
+                  f"{d['first']:.2f} s, {d['rate']:.0f} "
+                  f"msg/s once flowing); all acknowledged after {d['acked']:.2f} s; posting took "
+                  f"{d['posting']:.1f} s ({args.backlog / d['posting']:.0f}/s)")
             bot.stop()
         if len(drains) == 2:
             a, b = drains.values()

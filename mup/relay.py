@@ -120,13 +120,18 @@ class Relay:
     def health(self) -> Deferred[dict[str, Any]]:
         """What the relay adds to the receiver's ``/healthz`` (and refreshes its gauges, as
         the receiver asks before ``/metrics`` too)."""
-        return self._store.backlog().addCallbacks(self._health, self._no_backlog)
+        d = self._store.backlog().addCallbacks(self._health, self._no_backlog)
+        return d.addCallback(self._listening)
 
     def _no_backlog(self, failure: Any) -> dict[str, Any]:
         """The store cannot be read now (the database is gone): the receiver says so already
-        (``journal_writable`` false, one log line per check), no traceback on top."""
+        (``journal_writable`` false, logged once per outage), no traceback on top."""
         failure.trap(StoreError)
-        status: dict[str, Any] = {"relay_backlog": None}
+        return {"relay_backlog": None}
+
+    def _listening(self, status: dict[str, Any]) -> dict[str, Any]:
+        """A shared store without its LISTEN connection: a waiting pull would not hear of
+        other relays' commits, so the relay is not healthy (503, out of the rotation)."""
         if isinstance(self._store, Listening):
             status["store_listening"] = self._store.listening()
         return status
@@ -136,16 +141,11 @@ class Relay:
         oldest = 0.0 if backlog.oldest is None else max(0.0, now - backlog.oldest)
         _backlog.set(backlog.count)
         _oldest.set(oldest)
-        status: dict[str, Any] = {
+        return {
             "relay_backlog": backlog.count,
             "oldest_undelivered_age": round(oldest, 3),
             "last_pull_age": None if self.last_pull is None else round(now - self.last_pull, 3),
         }
-        if isinstance(self._store, Listening):
-            # Shared store: without its LISTEN connection a waiting pull would not hear of
-            # other relays' commits, so the relay is not healthy (503, out of the rotation).
-            status["store_listening"] = self._store.listening()
-        return status
 
     # -- HTTP ----------------------------------------------------------------------------------
 

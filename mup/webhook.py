@@ -253,7 +253,6 @@ class Receiver:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(metrics.REGISTRY)
 
-
     async def _backlog(self) -> Backlog | None:
         """The store's backlog, or None if it cannot be read: said once when that starts and
         once when it ends, as load balancers ask ``/healthz`` every second or two."""

@@ -221,7 +221,7 @@ class SQLiteMessageStore:
         self._inbox: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._reader: ThreadPool | None = None
         self._queue: list[_Op] = []
-        self._in_flight = 0   # batches handed to the writer and not answered yet
+        self._in_flight = 0   # writes handed to the writer and not answered yet
         self._call: IDelayedCall | None = None
         self._failing = False
         self._closed = False
@@ -394,7 +394,7 @@ class SQLiteMessageStore:
         if self._closed or not self._queue:
             return
         batch, self._queue = self._queue, []
-        self._in_flight += 1
+        self._in_flight += len(batch)
         if self._threaded:
             self._inbox.put(batch)
             return
@@ -413,7 +413,6 @@ class SQLiteMessageStore:
         call = self._reactor.callFromThread
         stop = False
         while not stop and (batch := self._inbox.get()) is not None:
-            batches = 1
             while len(batch) < MAX_BATCH:
                 try:
                     more = self._inbox.get_nowait()
@@ -423,13 +422,12 @@ class SQLiteMessageStore:
                     stop = True
                     break
                 batch = batch + more
-                batches += 1
             try:
                 results = self._write(batch)
             except BaseException:
-                call(self._write_failed, Failure(), batch, batches)
+                call(self._write_failed, Failure(), batch)
             else:
-                call(self._written, results, batch, batches)
+                call(self._written, results, batch)
         self._close_connection("_writer_con")
 
     def _write(self, batch: list[_Op]) -> list[Any]:
@@ -507,8 +505,8 @@ class SQLiteMessageStore:
     def _do_housekeep(self, con: sqlite3.Connection, op: _Op) -> None:
         con.execute("DELETE FROM seen WHERE appended < ?", (op.appended,))
 
-    def _written(self, results: list[Any], batch: list[_Op], batches: int = 1) -> None:
-        self._in_flight -= batches
+    def _written(self, results: list[Any], batch: list[_Op]) -> None:
+        self._in_flight -= len(batch)
         if self._failing:
             log.info("{path}: writing again", path=self.path)
         self._failing = False
@@ -523,8 +521,8 @@ class SQLiteMessageStore:
                 except Exception:
                     log.failure("a store subscriber failed")
 
-    def _write_failed(self, failure: Failure, batch: list[_Op], batches: int = 1) -> None:
-        self._in_flight -= batches
+    def _write_failed(self, failure: Failure, batch: list[_Op]) -> None:
+        self._in_flight -= len(batch)
         if not self._failing and not self._closed:
             log.error("{path}: cannot write ({why}); answering 503 until it can again",
                       path=self.path, why=failure.getErrorMessage())
