@@ -83,6 +83,9 @@ class RelayPuller(Service):
         self._backoffs: dict[Deferred[None], IDelayedCall] = {}
         self._trouble: str | None = None
         self._failures = 0
+        self._outages = 0
+        """Outages begun so far: an answer counts as recovery only for a request sent in the
+        current one."""
         self.pulled = 0
         self.acked = 0
 
@@ -156,6 +159,7 @@ class RelayPuller(Service):
     async def _pull(self) -> list[dict[str, Any]]:
         params = {"cursor": self.cursor, "timeout": f"{self.poll_timeout:g}",
                   "limit": str(self._limit)}
+        sent = self._outages
         code, body = await self._request("GET", "/relay/pull", params=params,
                                          timeout=self.poll_timeout + 15)
         if code == 400 and b"cursor" in body and self.cursor:
@@ -178,7 +182,7 @@ class RelayPuller(Service):
                     raise TypeError
         except (ValueError, KeyError, TypeError):
             raise _RelayTrouble("the relay's answer to a pull is not the expected JSON") from None
-        self._recovered()
+        self._recovered(sent)
         self._pending_cursor = cursor
         if not messages:
             self.cursor = cursor
@@ -232,6 +236,7 @@ class RelayPuller(Service):
         try:
             while self.running and self._to_ack:
                 batch = list(self._to_ack)[:ACK_BATCH]
+                sent = self._outages
                 try:
                     code, body = await self._request(
                         "POST", "/relay/ack", json={"ids": batch}, timeout=30)
@@ -240,7 +245,7 @@ class RelayPuller(Service):
                 except _RelayTrouble as e:
                     await self._backoff(str(e))
                     continue
-                self._recovered()
+                self._recovered(sent)
                 for key in batch:
                     self._to_ack.pop(key, None)
                     self._in_flight.discard(key)
@@ -275,10 +280,16 @@ class RelayPuller(Service):
             self.log.warn("relay {url}: {why}; retrying with backoff, quietly, until it "
                           "answers", url=self._base, why=why)
             self._trouble = why
+            self._outages += 1
         delay = min(self._max_delay, self._min_delay * 2 ** min(self._failures - 1, 30))
         await self._sleep(delay * (0.5 + 0.5 * self._jitter()), backoff=True)
 
-    def _recovered(self) -> None:
+    def _recovered(self, sent: int) -> None:
+        """The relay answered a request sent while ``self._outages`` was ``sent``.  An answer
+        to a request sent before the current outage began (on its way when the relay went
+        down) says nothing about the relay now."""
+        if sent != self._outages:
+            return
         if self._trouble is not None:
             self.log.info("relay {url}: answering again after {n} failed attempts",
                           url=self._base, n=self._failures)

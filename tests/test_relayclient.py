@@ -9,7 +9,7 @@ from fixtures_inbound import FakeStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -374,4 +374,61 @@ def test_when_one_loop_gets_through_the_other_stops_backing_off() -> None:
     s.flush()
     assert s.bot_keys() == ["kannel:a", "kannel:b"]
     assert s.relay_backlog() == 1
+    s.puller.stopService()
+
+
+class HeldAcks(Flaky):
+    """Like Flaky, and while ``holding`` an acknowledgement waits for ``release`` (its answer
+    was on its way when the relay went down)."""
+
+    def __init__(self, http: Any) -> None:
+        super().__init__(http)
+        self.holding = False
+        self.held: list[tuple[Deferred[Any], str, str, dict[str, Any]]] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        if self.holding and url.endswith("/relay/ack"):
+            d: Deferred[Any] = Deferred()
+            self.held.append((d, method, url, kw))
+            return d
+        return super().request(method, url, **kw)
+
+    def release(self) -> None:
+        for d, method, url, kw in self.held:
+            self.http.request(method, url, **kw).chainDeferred(d)
+        self.held = []
+
+
+def test_an_answer_sent_before_an_outage_does_not_end_it() -> None:
+    """The relay answered an ack, then died; the bot reads that answer after its pull failed.
+    The outage is still on: no "answering again", and no second warning when the next pull
+    fails (CI saw three warnings for two outages)."""
+    s = Side()
+    relay = HeldAcks(s.http)
+    s.puller = s.make_puller(relay, min_delay=1.0, max_delay=8.0)
+    s.accept("a")
+    s.puller.startService()
+    s.flush()
+    relay.holding = True
+    s.deliver_all()  # the ack of a is on its way
+    relay.down = True
+    s.clock.advance(30)  # the long poll ends; the next pull is refused
+    s.flush()
+    assert len(s.logged("warn")) == 1
+    relay.release()  # the answer to the ack comes in now
+    s.flush()
+    assert " unusable: " in s.puller.describe()
+    for _ in range(10):
+        s.clock.advance(1)
+        s.flush()
+    assert len(s.logged("warn")) == 1, s.logged("warn")
+    assert [line for line in s.logged("info") if "answering again" in line] == []
+    s.accept("b")
+    relay.down = relay.holding = False
+    for _ in range(10):
+        s.clock.advance(1)
+        s.flush()
+    assert s.bot_keys() == ["kannel:a", "kannel:b"]
+    assert len([line for line in s.logged("info") if "answering again" in line]) == 1
+    assert len(s.logged("warn")) == 1
     s.puller.stopService()
