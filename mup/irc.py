@@ -108,6 +108,8 @@ class _DescribedEndpoint:
 class _IRCFactory(Factory):
     """Builds each connection with its settings, the service as its listener."""
 
+    noisy = False  # the protocol logs registration and loss; not "Starting factory <...>"
+
     def __init__(self, settings: IRCSettings, service: IRCService, clock: IReactorTime) -> None:
         self.settings = settings
         self.service = service

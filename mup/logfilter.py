@@ -23,23 +23,33 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["LevelFilterService", "quiet_retries"]
+__all__ = ["LevelFilterService", "quiet_chatter"]
+
+_CHATTER = (
+    # ClientService, for every reconnect attempt ("Scheduling retry N to connect ..."): the
+    # IRC service logs the reason once per change instead.
+    ("twisted.application", "Scheduling retry"),
+    # Every outgoing HTTP connection (relay pulls and acks, gateway sends), opened and closed.
+    ("twisted.web.client", "Starting factory"),
+    ("twisted.web.client", "Stopping factory"),
+)
+"""(namespace prefix, format prefix) of Twisted's info lines that say nothing to operators."""
 
 
 @implementer(ILogFilterPredicate)
-class _QuietRetries:
-    """Drop ClientService's line for every reconnect attempt (``Scheduling retry N to connect
-    ...``): the IRC service logs the reason once per change instead.  Shown at ``debug``."""
+class _QuietChatter:
+    """Drop Twisted's routine lines in ``_CHATTER``; they are shown at ``debug``."""
 
     def __call__(self, event: LogEvent) -> object:
-        if (event.get("log_level") is LogLevel.info
-                and str(event.get("log_namespace", "")).startswith("twisted.application")
-                and str(event.get("log_format", "")).startswith("Scheduling retry")):
-            return cast(object, PredicateResult.no)
+        if event.get("log_level") is LogLevel.info:
+            namespace = str(event.get("log_namespace", ""))
+            text = str(event.get("log_format", ""))
+            if any(namespace.startswith(n) and text.startswith(f) for n, f in _CHATTER):
+                return cast(object, PredicateResult.no)
         return cast(object, PredicateResult.maybe)
 
 
-quiet_retries = _QuietRetries()
+quiet_chatter = _QuietChatter()
 
 
 class LevelFilterService(Service):
@@ -55,7 +65,7 @@ class LevelFilterService(Service):
         if self.level is LogLevel.debug:
             return
         predicates: list[ILogFilterPredicate] = [
-            LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_retries]
+            LogLevelFilterPredicate(defaultLogLevel=self.level), quiet_chatter]
         for observer in list(getattr(self._publisher, "_observers", [])):
             wrapper = FilteringLogObserver(observer, predicates)
             self._publisher.removeObserver(observer)

@@ -49,3 +49,23 @@ def test_client_service_retry_lines_are_dropped_but_not_at_debug():
         twisted.warn("w")
         assert [e["log_format"] for e in seen] == expected
         service.stopService()
+
+
+def test_each_http_connection_s_factory_lines_are_dropped_but_not_at_debug():
+    """Twisted's HTTP client starts and stops a factory per connection (a relay pull, a
+    gateway send): two info lines each that tell operators nothing."""
+    lines = ["Starting factory {factory!r}", "Stopping factory {factory!r}"]
+    for level, expected in [("info", ["Starting factory {factory!r}"]),
+                            ("debug", [*lines, "Starting factory {factory!r}"])]:
+        publisher = LogPublisher()
+        seen: list = []
+        publisher.addObserver(seen.append)
+        service = LevelFilterService(level, publisher)
+        service.startService()
+        http = Logger(observer=publisher,
+                      namespace="twisted.web.client._HTTP11ClientFactory")
+        for line in lines:
+            http.info(line, factory=object())
+        Logger(observer=publisher, namespace="mup.irc._IRCFactory").info(lines[0])
+        assert [e["log_format"] for e in seen] == expected
+        service.stopService()

@@ -139,6 +139,7 @@ def test_relay_kill_9_during_a_pull_loses_nothing_and_shows_nothing_twice(
     assert quiet(watcher, 1.0) == []
     said = [x for x in bot.output().splitlines() if "relay http" in x]
     assert 1 <= sum("retrying with backoff" in x for x in said) <= 2, said  # once per outage
+    assert "Starting factory" not in bot.output()  # no line per HTTP or IRC connection
 
 
 def test_bot_kill_9_between_irc_confirmation_and_ack_shows_nothing_twice(
