@@ -3,7 +3,7 @@ long poll and the backoff, the store contract (FakeStore) on both sides."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fixtures_inbound import FakeStore
 from hypothesis import given, settings
@@ -50,6 +50,12 @@ class Side:
     def flush(self) -> None:
         for _ in range(5):
             self.http.flush()
+
+    def run(self, seconds: int) -> None:
+        """Let ``seconds`` pass a second at a time, the relay answering in between."""
+        for _ in range(seconds):
+            self.clock.advance(1)
+            self.flush()
 
     def relay_backlog(self) -> int:
         return self.relay_store.backlog().result.count
@@ -199,9 +205,7 @@ def test_a_wrong_token_is_logged_once_and_retried() -> None:
     s = Side(token="wrong")
     s.accept("a")
     s.puller.startService()
-    for _ in range(30):
-        s.clock.advance(1)
-        s.flush()
+    s.run(30)
     assert s.bot_keys() == []
     (warning,) = s.logged("warn")
     assert "refused the token (401" in warning
@@ -329,8 +333,7 @@ def test_restarts_of_either_side_lose_nothing_and_append_nothing_twice(ops: list
     for entry in confirmed:  # delivery tells the puller right after the confirmation
         s.puller.delivered(entry)
     for _ in range(120):
-        s.clock.advance(1)
-        s.flush()
+        s.run(1)
         s.deliver_all()
         if s.relay_backlog() == 0 and len(s.bot_store.entries) == len(accepted):
             break
@@ -352,18 +355,26 @@ class Flaky:
         return self.http.request(method, url, **kw)
 
 
-def test_when_one_loop_gets_through_the_other_stops_backing_off() -> None:
+H = TypeVar("H", bound=Flaky)
+
+
+def through(wrapper: type[H], **kw: Any) -> tuple[Side, H]:
+    """A Side whose puller reaches the relay through ``wrapper``, started, with message a
+    pulled."""
     s = Side()
-    flaky = Flaky(s.http)
-    s.puller = s.make_puller(flaky, min_delay=1.0, max_delay=60.0)
+    http = wrapper(s.http)
+    s.puller = s.make_puller(http, **kw)
     s.accept("a")
     s.puller.startService()
     s.flush()
+    return s, http
+
+
+def test_when_one_loop_gets_through_the_other_stops_backing_off() -> None:
+    s, flaky = through(Flaky, min_delay=1.0, max_delay=60.0)
     flaky.down = True
     s.deliver_all()  # the ack of a fails; the pull fails once the current long poll ends
-    for _ in range(60):
-        s.clock.advance(1)
-        s.flush()
+    s.run(60)
     assert s.puller._failures >= 5 and len(s.puller._backoffs) == 2  # both loops back off
     s.accept("b")
     flaky.down = False
@@ -403,12 +414,7 @@ def test_an_answer_sent_before_an_outage_does_not_end_it() -> None:
     """The relay answered an ack, then died; the bot reads that answer after its pull failed.
     The outage is still on: no "answering again", and no second warning when the next pull
     fails (CI saw three warnings for two outages)."""
-    s = Side()
-    relay = HeldAcks(s.http)
-    s.puller = s.make_puller(relay, min_delay=1.0, max_delay=8.0)
-    s.accept("a")
-    s.puller.startService()
-    s.flush()
+    s, relay = through(HeldAcks, min_delay=1.0, max_delay=8.0)
     relay.holding = True
     s.deliver_all()  # the ack of a is on its way
     relay.down = True
@@ -418,16 +424,12 @@ def test_an_answer_sent_before_an_outage_does_not_end_it() -> None:
     relay.release()  # the answer to the ack comes in now
     s.flush()
     assert " unusable: " in s.puller.describe()
-    for _ in range(10):
-        s.clock.advance(1)
-        s.flush()
+    s.run(10)
     assert len(s.logged("warn")) == 1, s.logged("warn")
     assert [line for line in s.logged("info") if "answering again" in line] == []
     s.accept("b")
     relay.down = relay.holding = False
-    for _ in range(10):
-        s.clock.advance(1)
-        s.flush()
+    s.run(10)
     assert s.bot_keys() == ["kannel:a", "kannel:b"]
     assert len([line for line in s.logged("info") if "answering again" in line]) == 1
     assert len(s.logged("warn")) == 1
